@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh machine: `make train` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install train test test-slow test-all lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+## Train the default experiment (PPO on CartPole-v1 until solved). Extra overrides: make train ARGS="env=acrobot"
+train: $(STAMP)
+	$(PY) train.py $(ARGS)
+
+## Fast test suite (the CI suite): unit, config, smoke, resume, bad-input and DDP tests
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+## Learning tests: agents must solve their tasks (minutes)
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow" $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check plmods tests bench train.py
+
+## Benchmarks (installs the bench extra: Stable-Baselines3)
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	$(PY) bench/ppo_cartpole.py $(ARGS)
+
+clean:
+	rm -rf outputs multirun .pytest_cache

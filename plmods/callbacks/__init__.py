@@ -1,0 +1,3 @@
+from plmods.callbacks.progress import RLProgressBar
+
+__all__ = ["RLProgressBar"]

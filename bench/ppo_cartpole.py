@@ -71,6 +71,7 @@ class Result:
     solved: bool = False
     frames: int = 0  # frames collected when solved (or at the cap)
     wall_s: float = 0.0  # setup + training + evaluation until solved
+    cpu_s: float = 0.0  # process CPU time over the same span (less sensitive to a busy machine)
     eval_s: float = 0.0
     train_fps: float = 0.0  # frames / (wall_s - eval_s)
     evaluations: int = 0
@@ -98,11 +99,13 @@ class Timers:
 
 
 class TrainWindow:
-    """Returns of training episodes by the frame at which they ended; checks SB3's criterion."""
+    """Returns of training episodes by the frame at which they ended; checks SB3's criterion.
+    Also the run's clock: ``start`` (wall) and ``cpu_start`` (process CPU)."""
 
-    def __init__(self, threshold: float, start: float) -> None:
+    def __init__(self, threshold: float) -> None:
         self.threshold = threshold
-        self.start = start
+        self.start = time.perf_counter()
+        self.cpu_start = time.process_time()
         self.episodes: list[tuple[int, float]] = []
         self.frames: int | None = None
         self.wall_s: float | None = None
@@ -139,6 +142,11 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def stop_clock(result: Result, window: TrainWindow) -> None:
+    result.wall_s = time.perf_counter() - window.start
+    result.cpu_s = time.process_time() - window.cpu_start
+
+
 def finish(result: Result, timers: Timers, window: TrainWindow) -> Result:
     result.phases = {k: round(v, 4) for k, v in timers.seconds.items()}
     result.phases["other"] = round(result.wall_s - sum(timers.seconds.values()), 4)
@@ -161,8 +169,7 @@ def run_plmods(s: Settings, seed: int) -> Result:
     from plmods.envs.control import ControlEnv
 
     timers = Timers()
-    start = time.perf_counter()
-    window = TrainWindow(s.threshold, start)
+    window = TrainWindow(s.threshold)
 
     class TimedPPO(PPOModule):
         """PPOModule with phase timers; behaviour unchanged."""
@@ -179,8 +186,12 @@ def run_plmods(s: Settings, seed: int) -> Result:
                 return super().prepare_batch(batch)
 
         def training_step(self, batch, batch_idx):
-            with timers("update"):
+            with timers("train_step"):  # update + per-iteration logging
                 return super().training_step(batch, batch_idx)
+
+        def update(self, batch):
+            with timers("update"):
+                return super().update(batch)
 
         def evaluate(self):
             with timers("eval"):
@@ -228,7 +239,6 @@ def run_plmods(s: Settings, seed: int) -> Result:
         ],
     )
     trainer.fit(module)
-    wall = time.perf_counter() - start
 
     history = [(row["frames"], row["val/episode_return"]) for row in module.val_history]
     solved_at = next((f for f, r in history if r >= s.threshold), None)
@@ -237,12 +247,13 @@ def run_plmods(s: Settings, seed: int) -> Result:
         seed,
         solved=solved_at is not None,
         frames=solved_at if solved_at is not None else module.frames,
-        wall_s=wall,
         eval_s=val_timer.seconds,
         evaluations=val_timer.count,
         iterations=module.iteration,
         eval_history=history,
     )
+    stop_clock(result, window)
+    timers.seconds["log"] = timers.seconds.pop("train_step") - timers.seconds["update"]
     timers.seconds["lightning_val_loop"] = val_timer.seconds - timers.seconds["eval"]
     return finish(result, timers, window)
 
@@ -261,8 +272,7 @@ def run_bare(s: Settings, seed: int) -> Result:
 
     clip_epsilon, max_grad_norm = 0.2, 0.5  # PPOModule defaults
     timers = Timers()
-    start = time.perf_counter()
-    window = TrainWindow(s.threshold, start)
+    window = TrainWindow(s.threshold)
     seed_all(seed)
 
     factory = ControlEnv("CartPole-v1", num_envs=s.num_envs)
@@ -342,7 +352,7 @@ def run_bare(s: Settings, seed: int) -> Result:
                 break
         if frames >= s.total_frames:
             break
-    result.wall_s = time.perf_counter() - start
+    stop_clock(result, window)
     collector.shutdown()
     if eval_env is not None:
         eval_env.close()
@@ -369,8 +379,7 @@ def run_sb3(s: Settings, seed: int) -> Result:
 
     z = SB3_ZOO
     timers = Timers()
-    start = time.perf_counter()
-    window = TrainWindow(s.threshold, start)
+    window = TrainWindow(s.threshold)
     result = Result("sb3", seed)
     seed_all(seed)
 
@@ -408,7 +417,7 @@ def run_sb3(s: Settings, seed: int) -> Result:
                 result.eval_history.append((self.num_timesteps, mean))
                 if mean >= s.threshold:
                     result.solved, result.frames = True, self.num_timesteps
-                    result.wall_s = time.perf_counter() - start
+                    stop_clock(result, window)
                     self.stop = True
 
         def _on_step(self) -> bool:
@@ -424,7 +433,8 @@ def run_sb3(s: Settings, seed: int) -> Result:
     callback = Solve()
     model.learn(total_timesteps=s.total_frames, callback=callback)
     if not result.solved:
-        result.frames, result.wall_s = model.num_timesteps, time.perf_counter() - start
+        result.frames = model.num_timesteps
+        stop_clock(result, window)
     result.iterations = callback.rollouts
     result.eval_s = timers.seconds["eval"]
     env.close()
@@ -449,7 +459,7 @@ def summarize(results: list[Result], variants: list[str]) -> dict:
         summary[v] = {
             "solved": sum(r.solved for r in rs),
             "runs": len(rs),
-            **{k: median(rs, k) for k in ("frames", "wall_s", "eval_s", "train_fps")},
+            **{k: median(rs, k) for k in ("frames", "wall_s", "cpu_s", "eval_s", "train_fps")},
             "phases": {k: statistics.median(r.phases.get(k, 0.0) for r in rs) for k in rs[0].phases},
         }
     ratios = {}
@@ -457,6 +467,7 @@ def summarize(results: list[Result], variants: list[str]) -> dict:
         p, b = summary["plmods"], summary["bare"]
         ratios["plmods/bare wall_s"] = p["wall_s"] / b["wall_s"]
         ratios["plmods/bare train_fps"] = p["train_fps"] / b["train_fps"]
+        ratios["plmods/bare cpu_s"] = p["cpu_s"] / b["cpu_s"]
         pairs = [(r, q) for r in results for q in results
                  if r.variant == "plmods" and q.variant == "bare" and r.seed == q.seed]
         ratios["plmods/bare wall_s per seed (median)"] = statistics.median(r.wall_s / q.wall_s for r, q in pairs)
@@ -464,16 +475,17 @@ def summarize(results: list[Result], variants: list[str]) -> dict:
             r.train_fps / q.train_fps for r, q in pairs)
     if "plmods" in summary and "sb3" in summary:
         ratios["plmods/sb3 wall_s"] = summary["plmods"]["wall_s"] / summary["sb3"]["wall_s"]
+        ratios["plmods/sb3 cpu_s"] = summary["plmods"]["cpu_s"] / summary["sb3"]["cpu_s"]
     summary["ratios"] = ratios
     return summary
 
 
-def print_row(label: str, frames, wall, eval_s, fps, extra: str = "") -> None:
-    print(f"{label:<14}{frames:>9.0f}{wall:>9.1f}{eval_s:>8.1f}{fps:>9.0f}  {extra}")
+def print_row(label: str, frames, wall, cpu, eval_s, fps, extra: str = "") -> None:
+    print(f"{label:<8}{frames:>8.0f}{wall:>8.1f}{cpu:>8.1f}{eval_s:>8.1f}{fps:>8.0f}  {extra}")
 
 
 def report(results: list[Result], summary: dict) -> None:
-    header = f"{'variant':<14}{'frames':>9}{'wall s':>9}{'eval s':>8}{'fps':>9}  notes"
+    header = f"{'variant':<8}{'frames':>8}{'wall s':>8}{'cpu s':>8}{'eval s':>8}{'fps':>8}  notes"
     for seed in sorted({r.seed for r in results}):
         print(f"\nseed {seed}\n{header}")
         for r in (r for r in results if r.seed == seed):
@@ -481,11 +493,12 @@ def report(results: list[Result], summary: dict) -> None:
                     if r.train_criterion_frames is not None else "train-criterion not reached")
             phases = " ".join(f"{k}={v:.1f}" for k, v in r.phases.items())
             note = ("" if r.solved else "NOT SOLVED; ") + f"{r.evaluations} evals; {crit}; {phases}"
-            print_row(r.variant, r.frames, r.wall_s, r.eval_s, r.train_fps, note)
+            print_row(r.variant, r.frames, r.wall_s, r.cpu_s, r.eval_s, r.train_fps, note)
     print(f"\nmedians\n{header}")
     for v, m in summary.items():
         if v != "ratios":
-            print_row(v, m["frames"], m["wall_s"], m["eval_s"], m["train_fps"], f"solved {m['solved']}/{m['runs']}")
+            print_row(v, m["frames"], m["wall_s"], m["cpu_s"], m["eval_s"], m["train_fps"],
+                      f"solved {m['solved']}/{m['runs']}")
     for k, v in summary["ratios"].items():
         print(f"{k}: {v:.3f}")
 

@@ -110,7 +110,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     quiet_known_warnings()
     ckpt_path = cfg.get("ckpt_path")
     _check_ckpt_path(ckpt_path)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    L.seed_everything(cfg.seed, verbose=False)
 
     env = _instantiate(cfg.env)
     model = _instantiate(cfg.model)
@@ -122,7 +122,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    trainer.fit(module, ckpt_path=ckpt_path)
+    # plmods checkpoints hold pickled env state and RNG states: load them as the trusted files they are
+    trainer.fit(module, ckpt_path=ckpt_path, weights_only=False)
     last_eval = module.val_history[-1]["iteration"] if module.val_history else None
     if last_eval != module.iteration and not trainer.interrupted:
         trainer.validate(module, verbose=False)  # the final policy always gets evaluated

@@ -144,6 +144,11 @@ class RLModule(LightningModule):
     # ------------------------------------------------------------------ one policy iteration
     def next_batch(self) -> TensorDictBase:
         """The data of one policy iteration: collect, then ``prepare_batch`` (no grad)."""
+        if self._pending_rng is not None:
+            # restored as late as possible: nothing between here and a checkpoint's save point
+            # draws from the global RNG in an uninterrupted run
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
         return self.prepare_batch(self.collect())
 
     def prepare_batch(self, batch: TensorDictBase) -> TensorDictBase:
@@ -196,9 +201,6 @@ class RLModule(LightningModule):
         self._metric_count += 1
 
     def on_train_epoch_start(self) -> None:
-        if self._pending_rng is not None:
-            set_rng_state(self._pending_rng)
-            self._pending_rng = None
         self._reset_iteration_stats()
 
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
@@ -220,6 +222,7 @@ class RLModule(LightningModule):
         logs["perf/collect_fps"] = self.frames_per_batch / max(self._collect_s, 1e-9)
         logs["perf/iteration_s"] = wall
         logs["iteration"] = float(self.iteration)
+        logs["train/lr"] = self.optimizers().optimizer.param_groups[0]["lr"]
         self.log_dict(logs, sync_dist=sync, batch_size=1)
         self.log("frames", float(self.frames), batch_size=1)
         if self._episode_returns is not None:
@@ -322,5 +325,5 @@ class RLModule(LightningModule):
             return
         load_env_runtime_state(self._collector.env, state["env"])
         self._collector._carrier.update_(state["carrier"])
-        # Lightning draws from the global RNG between restore and the first epoch; restore last.
+        # Lightning may draw from the global RNG between restore and the first iteration
         self._pending_rng = state["rng"]

@@ -97,11 +97,6 @@ class PPOModule(RLModule):
         )
         # GAE is its own object (not registered: it holds no learnable state of its own).
         object.__setattr__(self, "advantage_module", GAE(gamma=gamma, lmbda=lmbda, value_network=self.critic))
-        self._buffer = ReplayBuffer(
-            storage=LazyTensorStorage(frames_per_batch),
-            sampler=SamplerWithoutReplacement(),
-            batch_size=minibatch_size,
-        )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # eps=1e-5 as in the PPO reference implementations (baselines, cleanrl, SB3)
@@ -123,11 +118,20 @@ class PPOModule(RLModule):
             self.loss_module.clip_epsilon.fill_(self.hparams.clip_epsilon * frac)
 
     def minibatches(self, batch: TensorDictBase) -> Iterator[TensorDictBase]:
-        """``ppo_epochs`` passes over the batch in random minibatches (sampling without replacement)."""
-        self._buffer.empty()
-        self._buffer.extend(batch.reshape(-1))
+        """``ppo_epochs`` passes over the batch in random minibatches (sampling without replacement).
+
+        A new buffer per iteration: torchrl's sampler pre-draws the next permutation when a pass
+        ends and ``empty()`` keeps it, which would carry hidden state across iterations (and break
+        exact resume). Building the buffer costs ~0.1 ms.
+        """
+        buffer = ReplayBuffer(
+            storage=LazyTensorStorage(self.frames_per_batch),
+            sampler=SamplerWithoutReplacement(),
+            batch_size=self.hparams.minibatch_size,
+        )
+        buffer.extend(batch.reshape(-1))
         for _ in range(self.hparams.ppo_epochs):
-            yield from self._buffer
+            yield from buffer
 
     def update(self, batch: TensorDictBase) -> None:
         optimizer = self.optimizers()

@@ -11,6 +11,7 @@ import difflib
 import logging
 
 import gymnasium as gym
+import torch
 from torchrl.envs import (
     DoubleToFloat,
     EnvBase,
@@ -85,7 +86,12 @@ class ControlEnv:
         Python step for all envs, no inter-process traffic). torchrl refuses gymnasium's default
         NEXT_STEP autoreset, so SAME_STEP is used; torchrl restores the true final observation.
         """
-        n = num_envs or self.num_envs
+        # torchrl draws random actions while building a wrapper (spec probing); keep that off the
+        # global RNG so building an env (e.g. the evaluation env) never shifts training samples.
+        with torch.random.fork_rng(devices=[]):
+            return self._make(num_envs or self.num_envs, seed)
+
+    def _make(self, n: int, seed: int | None) -> EnvBase:
         kwargs = {}
         if self.max_episode_steps is not None:
             kwargs["max_episode_steps"] = self.max_episode_steps

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
+import torch
 from tensordict import TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -43,6 +44,14 @@ def iteration_loader(source: BatchSource) -> DataLoader:
     """A DataLoader that hands the collected TensorDict to ``training_step`` unchanged.
 
     ``batch_size=None`` and an identity collate keep Lightning from re-batching; ``num_workers=0``
-    because the collector lives in this process.
+    because the collector lives in this process. The loader draws its per-epoch base seed from a
+    private generator: drawing from the global RNG would shift every later sample of the policy
+    and make a resumed run diverge from an uninterrupted one.
     """
-    return DataLoader(IterationDataset(source), batch_size=None, collate_fn=_identity, num_workers=0)
+    return DataLoader(
+        IterationDataset(source),
+        batch_size=None,
+        collate_fn=_identity,
+        num_workers=0,
+        generator=torch.Generator(),
+    )

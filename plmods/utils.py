@@ -41,6 +41,8 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*IterableDataset. has .__len__. defined.*")
     # before the first evaluation ModelCheckpoint cannot see val/episode_return yet
     warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
+    # VecNormV2 on a batched (vectorised) env: we use it with reduce_batch_dims=True and test it
+    warnings.filterwarnings("ignore", message=".*VecNormV2 for containers with non-empty batch-size.*")
     # deprecations inside Lightning/torchrl internals, not in plmods code
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchrl")

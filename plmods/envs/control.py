@@ -111,7 +111,7 @@ class ControlEnv:
             env = TransformedEnv(env)
         env.append_transform(DoubleToFloat())
         if self.obs_norm:
-            env.append_transform(VecNormV2(in_keys=["observation"], decay=0.99999, eps=1e-8))
+            env.append_transform(VecNormV2(in_keys=["observation"], decay=0.99999, eps=1e-8, reduce_batch_dims=True))
         env.append_transform(StepCounter())
         env.append_transform(RewardSum())
         if seed is not None:

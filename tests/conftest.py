@@ -1,0 +1,69 @@
+"""Shared fixtures: run the real ``train.py`` in a subprocess, compose the real configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+torch.set_num_threads(1)
+torch.set_flush_denormal(True)
+warnings.filterwarnings("ignore", category=UserWarning, module="torchrl")
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update({"HYDRA_FULL_ERROR": "0", "WANDB_SILENT": "true"})
+    env.update(extra or {})
+    return env
+
+
+class TrainRun:
+    def __init__(self, proc: subprocess.CompletedProcess, run_dir: Path) -> None:
+        self.proc = proc
+        self.run_dir = run_dir
+        self.output = proc.stdout + proc.stderr
+
+    @property
+    def summary(self) -> dict:
+        return json.loads((self.run_dir / "summary.json").read_text())
+
+
+@pytest.fixture
+def run_train(tmp_path):
+    """``run_train(*overrides, expect_ok=True)`` runs ``python train.py`` in ``tmp_path/run``."""
+
+    def _run(*overrides: str, expect_ok: bool = True, run_dir: Path | None = None,
+             env: dict[str, str] | None = None, timeout: float = 300) -> TrainRun:
+        run_dir = run_dir or tmp_path / "run"
+        args = [sys.executable, str(ROOT / "train.py"), *overrides]
+        if not any(o.startswith("hydra.run.dir=") or o == "-m" for o in overrides):
+            args.append(f"hydra.run.dir={run_dir}")
+        proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=_env(env))
+        result = TrainRun(proc, run_dir)
+        if expect_ok:
+            assert proc.returncode == 0, result.output[-4000:]
+        return result
+
+    return _run
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    """Compose ``configs/train.yaml`` with overrides, as ``train.py`` would (output in tmp_path)."""
+    from hydra import compose, initialize_config_dir
+
+    def _compose(*overrides: str):
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            return compose("train", overrides=[f"output_dir={tmp_path}", *overrides])
+
+    return _compose

@@ -1,0 +1,82 @@
+"""Every config composes, and every option of every group instantiates."""
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from lightning import Trainer
+
+from plmods.algos import PPOModule
+from plmods.envs import ControlEnv
+from plmods.models import MLPActorCritic
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_experiments_instantiate(compose_cfg, experiment):
+    cfg = compose_cfg(f"experiment={experiment}")
+    env = instantiate(cfg.env)
+    model = instantiate(cfg.model)
+    module = instantiate(cfg.algo, env=env, model=model)
+    assert isinstance(env, ControlEnv) and isinstance(model, MLPActorCritic)
+    assert isinstance(module, PPOModule)
+    assert module.hparams.total_frames == cfg.algo.total_frames
+    assert cfg.task_name == experiment
+
+
+@pytest.mark.parametrize("env", _options("env"))
+def test_env_options_instantiate(compose_cfg, env):
+    cfg = compose_cfg(f"env={env}")
+    factory = instantiate(cfg.env)
+    assert factory.env_id.split("-")[0].lower() == env
+
+
+@pytest.mark.parametrize("trainer", _options("trainer"))
+def test_trainer_options_compose(compose_cfg, trainer):
+    cfg = compose_cfg(f"trainer={trainer}")
+    assert cfg.trainer._target_ == "lightning.Trainer"
+    if trainer == "default":
+        assert isinstance(instantiate(cfg.trainer, logger=False), Trainer)
+
+
+@pytest.mark.parametrize("logger", _options("logger"))
+def test_logger_options_instantiate(compose_cfg, logger, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = compose_cfg(f"logger={logger}")
+    for node in cfg.logger.values():
+        assert instantiate(node) is not None
+
+
+@pytest.mark.parametrize("callbacks", _options("callbacks"))
+def test_callback_options_instantiate(compose_cfg, callbacks):
+    cfg = compose_cfg(f"callbacks={callbacks}")
+    for node in cfg.callbacks.values():
+        assert instantiate(node) is not None
+
+
+def test_default_is_ppo_on_cartpole_until_solved(compose_cfg):
+    cfg = compose_cfg()
+    assert cfg.algo._target_ == "plmods.algos.PPOModule"
+    assert cfg.env.env_id == "CartPole-v1"
+    assert cfg.callbacks.early_stopping.stopping_threshold == 475
+    assert cfg.logger.wandb._target_ == "plmods.loggers.wandb_logger"
+
+
+def test_command_line_style_overrides(compose_cfg):
+    cfg = compose_cfg("algo=ppo", "env=acrobot", "trainer=ddp_sim", "algo.clip_epsilon=0.1")
+    assert cfg.algo.clip_epsilon == 0.1
+    assert cfg.env.env_id == "Acrobot-v1"
+    assert cfg.trainer.devices == 2
+
+
+def test_algo_yaml_mirrors_module_signature(compose_cfg):
+    import inspect
+
+    cfg = compose_cfg()
+    params = set(inspect.signature(PPOModule.__init__).parameters) - {"self", "env", "model"}
+    assert set(cfg.algo) - {"_target_"} == params

@@ -1,0 +1,35 @@
+"""A resumed run continues exactly as the uninterrupted one (CPU, fixed seed)."""
+
+import torch
+
+FAST = ("debug=fast", "algo.total_frames=640", "trainer.check_val_every_n_epoch=3")
+
+
+def _state(run):
+    return torch.load(run.run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+
+
+def test_resume_matches_uninterrupted_run(run_train, tmp_path):
+    full = run_train(*FAST, "logger=none", run_dir=tmp_path / "full")
+    part = run_train(*FAST, "logger=none", "trainer.max_epochs=4", run_dir=tmp_path / "part")
+    assert part.summary["iterations"] == 4
+    resumed = run_train(*FAST, "logger=none", f"ckpt_path={part.run_dir / 'checkpoints' / 'last.ckpt'}",
+                        run_dir=tmp_path / "resumed")
+    a, b = _state(full), _state(resumed)
+    assert a["global_step"] == b["global_step"] == 10 * 2 * 2
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert full.summary["frames"] == resumed.summary["frames"] == 640
+    strip = [{k: v for k, v in row.items() if k != "wall_s"} for row in full.summary["val_history"]]
+    assert strip == [{k: v for k, v in row.items() if k != "wall_s"} for row in resumed.summary["val_history"]]
+
+
+def test_resume_continues_the_same_wandb_run(run_train, tmp_path):
+    part = run_train("debug=fast", "logger=wandb", "trainer.max_epochs=2", run_dir=tmp_path / "part")
+    run_id = _state(part)["plmods"]["logger_version"]
+    assert run_id
+    resumed = run_train("debug=fast", "logger=wandb", f"ckpt_path={part.run_dir / 'checkpoints' / 'last.ckpt'}",
+                        run_dir=tmp_path / "resumed")
+    assert list((resumed.run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert _state(resumed)["plmods"]["logger_version"] == run_id

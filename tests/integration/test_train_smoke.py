@@ -1,0 +1,66 @@
+"""Smoke runs through the real ``train.py`` with tiny budgets."""
+
+import json
+
+import pytest
+import torch
+
+
+def test_default_cartpole_fast(run_train):
+    run = run_train("debug=fast")
+    s = run.summary
+    # debug=fast: 256 frames in batches of 64 -> 4 iterations
+    assert s["frames"] == 256 and s["iterations"] == 4
+    assert s["env"] == "CartPole-v1" and s["algo"] == "PPOModule"
+    assert s["val/episode_return"]["final"] is not None
+    assert s["val/episode_return"]["best"] >= s["val/episode_return"]["final"]
+    assert s["solved"] is False  # 50-step episodes cannot reach 475
+    assert s["config"]["algo"]["frames_per_batch"] == 64
+    assert s["wall_s"] > 0
+    ckpts = run.run_dir / "checkpoints"
+    assert (ckpts / "last.ckpt").is_file() and (ckpts / "best.ckpt").is_file()
+    last = torch.load(ckpts / "last.ckpt", weights_only=False)
+    # manual optimization: 4 iterations x 2 epochs x (64 / 32) minibatches optimizer steps
+    assert last["global_step"] == 16
+    assert last["plmods"]["frames"] == 256
+    metrics = (run.run_dir / "csv").rglob("metrics.csv")
+    header = next(iter(metrics)).read_text().splitlines()[0]
+    for key in ("train/loss_objective", "train/loss_critic", "train/approx_kl", "train/clip_fraction",
+                "train/explained_variance", "perf/fps", "frames", "val/episode_return"):
+        assert key in header
+
+
+def test_continuous_pendulum_fast(run_train):
+    run = run_train("debug=fast", "env=pendulum", "env.obs_norm=true", "algo.entropy_coeff=0.01")
+    s = run.summary
+    assert s["env"] == "Pendulum-v1" and s["frames"] == 256
+    assert s["val/episode_return"]["final"] < 0  # Pendulum rewards are negative
+
+
+@pytest.mark.parametrize("experiment", ["ppo_acrobot", "ppo_pendulum", "ppo_cartpole"])
+def test_experiment_presets_run(run_train, experiment):
+    run = run_train(f"experiment={experiment}", "debug=fast", "algo.frames_per_batch=64",
+                    "algo.minibatch_size=32", "algo.total_frames=128")
+    assert run.summary["frames"] == 128
+    assert run.summary["config"]["task_name"] == experiment
+
+
+def test_multirun_sweep(run_train, tmp_path):
+    sweep = tmp_path / "sweep"
+    run = run_train("-m", "debug=fast", "algo.lr=0.001,0.003", f"hydra.sweep.dir={sweep}")
+    summaries = sorted(sweep.glob("*/summary.json"))
+    assert len(summaries) == 2, run.output[-2000:]
+    lrs = sorted(json.loads(p.read_text())["config"]["algo"]["lr"] for p in summaries)
+    assert lrs == [0.001, 0.003]
+
+
+def test_wandb_offline_without_key(run_train):
+    run = run_train("debug=fast", "logger=wandb", env={"WANDB_DIR": ""})
+    offline_runs = list((run.run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1, run.output[-2000:]
+    assert (offline_runs[0] / "files").exists() or any(offline_runs[0].iterdir())
+
+
+def test_tensorboard_logger(run_train):
+    run = run_train("debug=fast", "logger=tensorboard")
+    assert list((run.run_dir / "tensorboard").rglob("events.out.tfevents.*"))

@@ -1,0 +1,52 @@
+"""PPOModule construction checks and evaluation."""
+
+import pytest
+import torch
+
+from plmods.algos import PPOModule
+from plmods.envs import ControlEnv
+from plmods.errors import ConfigError
+
+ENV = ControlEnv("CartPole-v1", num_envs=4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "setting"),
+    [
+        ({"frames_per_batch": 64, "minibatch_size": 48}, "algo.minibatch_size=48"),
+        ({"frames_per_batch": 66}, "algo.frames_per_batch=66"),
+        ({"lr": 0.0}, "algo.lr"),
+        ({"lr": -1e-3}, "algo.lr"),
+        ({"clip_epsilon": 0.0}, "algo.clip_epsilon"),
+        ({"clip_epsilon": 1.5}, "algo.clip_epsilon"),
+        ({"gamma": 1.2}, "algo.gamma"),
+        ({"lmbda": -0.1}, "algo.lmbda"),
+        ({"ppo_epochs": 0}, "algo.ppo_epochs"),
+        ({"max_grad_norm": 0.0}, "algo.max_grad_norm"),
+        ({"loss_critic_type": "huber"}, "algo.loss_critic_type"),
+        ({"total_frames": 10}, "algo.total_frames"),
+    ],
+)
+def test_bad_settings_raise_naming_the_setting(kwargs, setting):
+    args = {"frames_per_batch": 64, "minibatch_size": 32} | kwargs
+    with pytest.raises(ConfigError, match=setting.replace(".", r"\.")):
+        PPOModule(ENV, **args)
+
+
+def test_checkpoint_state_has_one_copy_of_each_parameter():
+    module = PPOModule(ENV, frames_per_batch=64, minibatch_size=32)
+    params = [k for k in module.state_dict() if "params" in k]
+    # 2 MLPs x 3 linear layers x (weight, bias)
+    assert len(params) == 12
+    assert len(list(module.parameters())) == 12
+
+
+def test_evaluate_is_deterministic_and_counts_first_episodes():
+    module = PPOModule(ControlEnv("CartPole-v1", num_envs=4, max_episode_steps=30),
+                       frames_per_batch=64, minibatch_size=32, eval_episodes=3)
+    first = module.evaluate()
+    second = module.evaluate()
+    assert first.shape == (3,)
+    assert torch.equal(first, second)
+    # CartPole pays 1 per step and the episode limit is 30
+    assert ((first >= 1) & (first <= 30)).all()

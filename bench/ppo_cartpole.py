@@ -17,9 +17,9 @@ What it measures, per seed and for each variant, back to back in one process:
 seconds to solve (setup and evaluation included), evaluation seconds, training frames/s (frames /
 time outside evaluation), a per-phase breakdown (collect / gae / update / eval / other) and, for
 reference, SB3's usual training criterion: the first time the mean return of the training episodes
-that ended in the last 2,048 frames reaches the threshold. The bare loop draws from the torch RNG
-where Lightning's DataLoaders do, so with identical settings plmods and bare follow the same
-trajectory and the wall-time ratio is Lightning's overhead.
+that ended in the last 2,048 frames reaches the threshold. plmods keeps Lightning's DataLoaders off
+the global RNG, so plmods and bare follow the same trajectory (same frames, same evaluations) and
+the wall-time ratio is Lightning's overhead; ``cpu_s`` is less sensitive to a busy machine.
 
 Run (2 cores, 1 torch thread)::
 
@@ -155,11 +155,6 @@ def finish(result: Result, timers: Timers, window: TrainWindow) -> Result:
     return result
 
 
-def draw_like_dataloader() -> None:
-    """Creating a DataLoader iterator draws one int64 from the torch RNG (its base seed)."""
-    torch.empty((), dtype=torch.int64).random_()
-
-
 # ---------------------------------------------------------------------------------- (a) plmods
 def run_plmods(s: Settings, seed: int) -> Result:
     from lightning import Callback, Trainer
@@ -262,13 +257,14 @@ def run_plmods(s: Settings, seed: int) -> Result:
 def run_bare(s: Settings, seed: int) -> Result:
     from torchrl.collectors import Collector
     from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
-    from torchrl.envs import ExplorationType, set_exploration_type
+    from torchrl.envs import ExplorationType
     from torchrl.objectives import ClipPPOLoss
     from torchrl.objectives.value import GAE
 
     from plmods.algos.base import EVAL_SEED_OFFSET
     from plmods.envs.control import ControlEnv
     from plmods.models.control import MLPActorCritic
+    from plmods.rollout.evaluation import first_episode_returns
 
     clip_epsilon, max_grad_norm = 0.2, 0.5  # PPOModule defaults
     timers = Timers()
@@ -282,11 +278,6 @@ def run_bare(s: Settings, seed: int) -> Result:
         critic_coeff=0.5, loss_critic_type="l2", normalize_advantage=True,
     )
     gae = GAE(gamma=s.gamma, lmbda=s.lmbda, value_network=critic)
-    buffer = ReplayBuffer(
-        storage=LazyTensorStorage(s.frames_per_batch),
-        sampler=SamplerWithoutReplacement(),
-        batch_size=s.minibatch_size,
-    )
     optimizer = torch.optim.Adam(loss_module.parameters(), lr=s.lr, eps=1e-5)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     collector = Collector(
@@ -297,27 +288,18 @@ def run_bare(s: Settings, seed: int) -> Result:
         exploration_type=ExplorationType.RANDOM,
         auto_register_policy_transforms=False,
     )
-    eval_env = None
 
-    @torch.no_grad()
     def evaluate() -> torch.Tensor:  # RLModule.evaluate, without obs_norm
-        nonlocal eval_env
-        if eval_env is None:
-            eval_env = factory.make(num_envs=s.eval_episodes)
-        eval_env.set_seed(seed + EVAL_SEED_OFFSET)
-        with set_exploration_type(ExplorationType.DETERMINISTIC):
-            rollout = eval_env.rollout(
-                factory.episode_limit, actor, break_when_any_done=False, auto_cast_to_device=True
-            )
-        done = rollout["next", "done"].squeeze(-1)
-        first_done = done.float().argmax(dim=-1, keepdim=True)
-        return rollout["next", "episode_reward"].squeeze(-1).gather(-1, first_done).squeeze(-1)
+        env = factory.make(num_envs=s.eval_episodes)
+        try:
+            return first_episode_returns(env, actor, factory.episode_limit, seed=seed + EVAL_SEED_OFFSET)
+        finally:
+            env.close()
 
     result = Result("bare", seed)
     frames, iteration = 0, 0
     collector_iter = iter(collector)
     while True:
-        draw_like_dataloader()  # Lightning's train DataLoader, re-iterated every epoch
         with timers("collect"):
             batch = next(collector_iter)
         window.add_batch(batch, frames)
@@ -331,7 +313,11 @@ def run_bare(s: Settings, seed: int) -> Result:
             with torch.no_grad():
                 gae(batch)
         with timers("update"):
-            buffer.empty()
+            buffer = ReplayBuffer(  # a fresh buffer per iteration, as PPOModule.minibatches
+                storage=LazyTensorStorage(s.frames_per_batch),
+                sampler=SamplerWithoutReplacement(),
+                batch_size=s.minibatch_size,
+            )
             buffer.extend(batch.reshape(-1))
             for _ in range(s.ppo_epochs):
                 for minibatch in buffer:
@@ -342,7 +328,6 @@ def run_bare(s: Settings, seed: int) -> Result:
                     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
                     optimizer.step()
         if iteration % s.eval_every == 0:
-            draw_like_dataloader()  # Lightning's val DataLoader
             with timers("eval"):
                 mean = float(evaluate().mean())
             result.evaluations += 1
@@ -354,8 +339,6 @@ def run_bare(s: Settings, seed: int) -> Result:
             break
     stop_clock(result, window)
     collector.shutdown()
-    if eval_env is not None:
-        eval_env.close()
     result.frames, result.iterations = frames, iteration
     result.eval_s = timers.seconds["eval"]
     return finish(result, timers, window)

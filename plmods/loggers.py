@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from plmods.errors import ConfigError
 
-__all__ = ["resolve_wandb_mode", "wandb_logger"]
+__all__ = ["frames_as_x_axis", "resolve_wandb_mode", "wandb_logger"]
 
 log = logging.getLogger(__name__)
 _MODES = ("auto", "online", "offline", "disabled")
@@ -100,3 +100,13 @@ def wandb_logger(
         log_model=log_model and resolved == "online",
         **kwargs,
     )
+
+
+def frames_as_x_axis(logger: WandbLogger) -> None:
+    """Plot plmods metrics against environment frames (RL's x-axis) instead of optimizer steps."""
+    experiment = logger.experiment
+    if not hasattr(experiment, "define_metric"):  # rank > 0 gets a dummy experiment
+        return
+    experiment.define_metric("frames")
+    for prefix in ("train", "val", "perf"):
+        experiment.define_metric(f"{prefix}/*", step_metric="frames", step_sync=True)

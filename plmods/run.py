@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from plmods.errors import ConfigError
+from plmods.loggers import frames_as_x_axis
 from plmods.utils import configure_torch, quiet_known_warnings
 
 __all__ = ["train"]
@@ -70,7 +71,9 @@ def _loggers(cfg: DictConfig, resume_version: str | None) -> list[Logger]:
 
 
 def _callbacks(cfg: DictConfig) -> list[L.Callback]:
-    return [_instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node and "_target_" in node]
+    return [
+        _instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node and "_target_" in node
+    ]
 
 
 def summarize(module: Any, trainer: L.Trainer, cfg: DictConfig, process_s: float) -> dict[str, Any]:
@@ -121,6 +124,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        if isinstance(logger, WandbLogger):
+            frames_as_x_axis(logger)
 
     # plmods checkpoints hold pickled env state and RNG states: load them as the trusted files they are
     trainer.fit(module, ckpt_path=ckpt_path, weights_only=False)
@@ -136,8 +141,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         best = summary["val/episode_return"]["best"]
         log.info(
             "%s on %s: %d frames, %.1f s, best val return %s, solved=%s -> %s",
-            summary["algo"], summary["env"], summary["frames"], summary["wall_s"], best,
-            summary["solved"], out,
+            summary["algo"],
+            summary["env"],
+            summary["frames"],
+            summary["wall_s"],
+            best,
+            summary["solved"],
+            out,
         )
     for logger in loggers:
         if isinstance(logger, WandbLogger):

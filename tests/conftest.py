@@ -42,13 +42,20 @@ class TrainRun:
 def run_train(tmp_path):
     """``run_train(*overrides, expect_ok=True)`` runs ``python train.py`` in ``tmp_path/run``."""
 
-    def _run(*overrides: str, expect_ok: bool = True, run_dir: Path | None = None,
-             env: dict[str, str] | None = None, timeout: float = 300) -> TrainRun:
+    def _run(
+        *overrides: str,
+        expect_ok: bool = True,
+        run_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 300,
+    ) -> TrainRun:
         run_dir = run_dir or tmp_path / "run"
         args = [sys.executable, str(ROOT / "train.py"), *overrides]
         if not any(o.startswith("hydra.run.dir=") or o == "-m" for o in overrides):
             args.append(f"hydra.run.dir={run_dir}")
-        proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=_env(env))
+        proc = subprocess.run(
+            args, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=_env(env)
+        )
         result = TrainRun(proc, run_dir)
         if expect_ok:
             assert proc.returncode == 0, result.output[-4000:]

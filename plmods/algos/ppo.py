@@ -80,8 +80,19 @@ class PPOModule(RLModule):
         seed: int = 0,
         eval_episodes: int = 10,
     ) -> None:
-        _check_ppo_args(frames_per_batch, minibatch_size, ppo_epochs, lr, gamma, lmbda, clip_epsilon,
-                        entropy_coeff, critic_coeff, loss_critic_type, max_grad_norm)
+        _check_ppo_args(
+            frames_per_batch,
+            minibatch_size,
+            ppo_epochs,
+            lr,
+            gamma,
+            lmbda,
+            clip_epsilon,
+            entropy_coeff,
+            critic_coeff,
+            loss_critic_type,
+            max_grad_norm,
+        )
         super().__init__(env, model, frames_per_batch, total_frames, seed, eval_episodes)
         self.save_hyperparameters(logger=False)
         self.loss_module = ClipPPOLoss(
@@ -134,22 +145,27 @@ class PPOModule(RLModule):
             yield from buffer
 
     def update(self, batch: TensorDictBase) -> None:
-        optimizer = self.optimizers()
         for minibatch in self.minibatches(batch):
             out = self.loss_module(minibatch)
-            loss = self.total_loss(out)
-            optimizer.zero_grad()
-            self.manual_backward(loss)
-            if self.hparams.max_grad_norm is not None:
-                self.clip_gradients(optimizer, self.hparams.max_grad_norm, "norm")
-            optimizer.step()
+            self.optimizer_step(self.total_loss(out), self.hparams.max_grad_norm)
             metrics = {key: out[key] for key in _LOGGED if key in out}
             metrics["approx_kl"] = out["kl_approx"]
             self.accumulate(metrics)
 
 
-def _check_ppo_args(frames_per_batch, minibatch_size, ppo_epochs, lr, gamma, lmbda, clip_epsilon,
-                    entropy_coeff, critic_coeff, loss_critic_type, max_grad_norm) -> None:
+def _check_ppo_args(
+    frames_per_batch,
+    minibatch_size,
+    ppo_epochs,
+    lr,
+    gamma,
+    lmbda,
+    clip_epsilon,
+    entropy_coeff,
+    critic_coeff,
+    loss_critic_type,
+    max_grad_norm,
+) -> None:
     """Reject bad settings before anything is built, naming the setting and what is valid."""
     if minibatch_size < 1 or frames_per_batch % minibatch_size:
         raise ConfigError(
@@ -164,10 +180,14 @@ def _check_ppo_args(frames_per_batch, minibatch_size, ppo_epochs, lr, gamma, lmb
         (0 < clip_epsilon < 1, f"algo.clip_epsilon must be in (0, 1), got {clip_epsilon}."),
         (entropy_coeff >= 0, f"algo.entropy_coeff must be >= 0, got {entropy_coeff}."),
         (critic_coeff >= 0, f"algo.critic_coeff must be >= 0, got {critic_coeff}."),
-        (loss_critic_type in ("l1", "l2", "smooth_l1"),
-         f"algo.loss_critic_type must be one of l1, l2, smooth_l1, got {loss_critic_type!r}."),
-        (max_grad_norm is None or max_grad_norm > 0,
-         f"algo.max_grad_norm must be > 0 or null, got {max_grad_norm}."),
+        (
+            loss_critic_type in ("l1", "l2", "smooth_l1"),
+            f"algo.loss_critic_type must be one of l1, l2, smooth_l1, got {loss_critic_type!r}.",
+        ),
+        (
+            max_grad_norm is None or max_grad_norm > 0,
+            f"algo.max_grad_norm must be > 0 or null, got {max_grad_norm}.",
+        ),
     ]
     for ok, message in checks:
         if not ok:

@@ -16,6 +16,7 @@ from torchrl.envs import (
     DoubleToFloat,
     EnvBase,
     GymWrapper,
+    RewardScaling,
     RewardSum,
     StepCounter,
     TransformedEnv,
@@ -47,6 +48,7 @@ class ControlEnv:
         env_id: gymnasium id, e.g. ``"CartPole-v1"``.
         num_envs: environments stepped together per collector step (sync vector env).
         obs_norm: normalise observations with running statistics (torchrl ``VecNormV2``).
+        reward_scale: multiply rewards seen by the learner (returns are reported unscaled).
         solved_threshold: evaluation return at which the task counts as solved (``None``: never).
         max_episode_steps: override gymnasium's time limit (``None``: keep the registered one).
     """
@@ -56,6 +58,7 @@ class ControlEnv:
         env_id: str = "CartPole-v1",
         num_envs: int = 16,
         obs_norm: bool = False,
+        reward_scale: float = 1.0,
         solved_threshold: float | None = None,
         max_episode_steps: int | None = None,
     ) -> None:
@@ -65,6 +68,9 @@ class ControlEnv:
         self.env_id = env_id
         self.num_envs = num_envs
         self.obs_norm = obs_norm
+        if reward_scale <= 0:
+            raise ConfigError(f"env.reward_scale must be > 0, got {reward_scale}.")
+        self.reward_scale = reward_scale
         self.solved_threshold = solved_threshold
         self.max_episode_steps = max_episode_steps
 
@@ -111,9 +117,13 @@ class ControlEnv:
             env = TransformedEnv(env)
         env.append_transform(DoubleToFloat())
         if self.obs_norm:
-            env.append_transform(VecNormV2(in_keys=["observation"], decay=0.99999, eps=1e-8, reduce_batch_dims=True))
+            env.append_transform(
+                VecNormV2(in_keys=["observation"], decay=0.99999, eps=1e-8, reduce_batch_dims=True)
+            )
         env.append_transform(StepCounter())
-        env.append_transform(RewardSum())
+        env.append_transform(RewardSum())  # before scaling: episode returns stay in task units
+        if self.reward_scale != 1.0:
+            env.append_transform(RewardScaling(loc=0.0, scale=self.reward_scale))
         if seed is not None:
             env.set_seed(seed)
         return env

@@ -7,8 +7,14 @@ pytestmark = pytest.mark.ddp
 
 
 def test_ddp_two_ranks_collect_separately_and_resume(run_train, tmp_path):
-    run = run_train("debug=fast", "trainer=ddp_sim", "logger=none", "algo.total_frames=512",
-                    "trainer.max_epochs=2", run_dir=tmp_path / "part")
+    run = run_train(
+        "debug=fast",
+        "trainer=ddp_sim",
+        "logger=none",
+        "algo.total_frames=512",
+        "trainer.max_epochs=2",
+        run_dir=tmp_path / "part",
+    )
     s = run.summary
     # frames count both ranks: 2 iterations x 64 frames x 2 ranks
     assert s["frames"] == 256 and s["iterations"] == 2
@@ -19,7 +25,13 @@ def test_ddp_two_ranks_collect_separately_and_resume(run_train, tmp_path):
     assert not torch.equal(per_rank[0]["carrier"]["observation"], per_rank[1]["carrier"]["observation"])
     assert per_rank[0]["env"]["gym_envs"] != per_rank[1]["env"]["gym_envs"]
 
-    resumed = run_train("debug=fast", "trainer=ddp_sim", "logger=none", "algo.total_frames=512",
-                        f"ckpt_path={run.run_dir / 'checkpoints' / 'last.ckpt'}", run_dir=tmp_path / "resumed")
+    resumed = run_train(
+        "debug=fast",
+        "trainer=ddp_sim",
+        "logger=none",
+        "algo.total_frames=512",
+        f"ckpt_path={run.run_dir / 'checkpoints' / 'last.ckpt'}",
+        run_dir=tmp_path / "resumed",
+    )
     assert resumed.summary["frames"] == 512
     assert resumed.summary["iterations"] == 4

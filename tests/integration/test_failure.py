@@ -19,10 +19,17 @@ class ExplodesAtIteration3(PPOModule):
 
 def _fit(module, tmp_path, **kwargs):
     trainer = L.Trainer(
-        max_epochs=6, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, check_val_every_n_epoch=1,
-        callbacks=[ModelCheckpoint(dirpath=tmp_path, filename="last", save_on_train_epoch_end=True,
-                                   enable_version_counter=False)],
+        max_epochs=6,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=1,
+        callbacks=[
+            ModelCheckpoint(
+                dirpath=tmp_path, filename="last", save_on_train_epoch_end=True, enable_version_counter=False
+            )
+        ],
     )
     trainer.fit(module, weights_only=False, **kwargs)
     return trainer
@@ -30,7 +37,13 @@ def _fit(module, tmp_path, **kwargs):
 
 def test_nan_loss_keeps_last_good_checkpoint(tmp_path):
     env = ControlEnv("CartPole-v1", num_envs=4, max_episode_steps=50)
-    kwargs = {"frames_per_batch": 64, "minibatch_size": 32, "ppo_epochs": 2, "total_frames": 384, "eval_episodes": 2}
+    kwargs = {
+        "frames_per_batch": 64,
+        "minibatch_size": 32,
+        "ppo_epochs": 2,
+        "total_frames": 384,
+        "eval_episodes": 2,
+    }
     with pytest.raises(FloatingPointError, match="non-finite loss at iteration 2"):
         _fit(ExplodesAtIteration3(env, **kwargs), tmp_path)
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)

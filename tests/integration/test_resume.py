@@ -13,8 +13,12 @@ def test_resume_matches_uninterrupted_run(run_train, tmp_path):
     full = run_train(*FAST, "logger=none", run_dir=tmp_path / "full")
     part = run_train(*FAST, "logger=none", "trainer.max_epochs=4", run_dir=tmp_path / "part")
     assert part.summary["iterations"] == 4
-    resumed = run_train(*FAST, "logger=none", f"ckpt_path={part.run_dir / 'checkpoints' / 'last.ckpt'}",
-                        run_dir=tmp_path / "resumed")
+    resumed = run_train(
+        *FAST,
+        "logger=none",
+        f"ckpt_path={part.run_dir / 'checkpoints' / 'last.ckpt'}",
+        run_dir=tmp_path / "resumed",
+    )
     a, b = _state(full), _state(resumed)
     assert a["global_step"] == b["global_step"] == 10 * 2 * 2
     assert a["state_dict"].keys() == b["state_dict"].keys()
@@ -22,14 +26,20 @@ def test_resume_matches_uninterrupted_run(run_train, tmp_path):
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
     assert full.summary["frames"] == resumed.summary["frames"] == 640
     strip = [{k: v for k, v in row.items() if k != "wall_s"} for row in full.summary["val_history"]]
-    assert strip == [{k: v for k, v in row.items() if k != "wall_s"} for row in resumed.summary["val_history"]]
+    assert strip == [
+        {k: v for k, v in row.items() if k != "wall_s"} for row in resumed.summary["val_history"]
+    ]
 
 
 def test_resume_continues_the_same_wandb_run(run_train, tmp_path):
     part = run_train("debug=fast", "logger=wandb", "trainer.max_epochs=2", run_dir=tmp_path / "part")
     run_id = _state(part)["plmods"]["logger_version"]
     assert run_id
-    resumed = run_train("debug=fast", "logger=wandb", f"ckpt_path={part.run_dir / 'checkpoints' / 'last.ckpt'}",
-                        run_dir=tmp_path / "resumed")
+    resumed = run_train(
+        "debug=fast",
+        "logger=wandb",
+        f"ckpt_path={part.run_dir / 'checkpoints' / 'last.ckpt'}",
+        run_dir=tmp_path / "resumed",
+    )
     assert list((resumed.run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
     assert _state(resumed)["plmods"]["logger_version"] == run_id

@@ -25,8 +25,16 @@ def test_default_cartpole_fast(run_train):
     assert last["plmods"]["frames"] == 256
     metrics = (run.run_dir / "csv").rglob("metrics.csv")
     header = next(iter(metrics)).read_text().splitlines()[0]
-    for key in ("train/loss_objective", "train/loss_critic", "train/approx_kl", "train/clip_fraction",
-                "train/explained_variance", "perf/fps", "frames", "val/episode_return"):
+    for key in (
+        "train/loss_objective",
+        "train/loss_critic",
+        "train/approx_kl",
+        "train/clip_fraction",
+        "train/explained_variance",
+        "perf/fps",
+        "frames",
+        "val/episode_return",
+    ):
         assert key in header
 
 
@@ -39,8 +47,13 @@ def test_continuous_pendulum_fast(run_train):
 
 @pytest.mark.parametrize("experiment", ["ppo_acrobot", "ppo_pendulum", "ppo_cartpole"])
 def test_experiment_presets_run(run_train, experiment):
-    run = run_train(f"experiment={experiment}", "debug=fast", "algo.frames_per_batch=64",
-                    "algo.minibatch_size=32", "algo.total_frames=128")
+    run = run_train(
+        f"experiment={experiment}",
+        "debug=fast",
+        "algo.frames_per_batch=64",
+        "algo.minibatch_size=32",
+        "algo.total_frames=128",
+    )
     assert run.summary["frames"] == 128
     assert run.summary["config"]["task_name"] == experiment
 

@@ -64,3 +64,12 @@ def test_observation_normalisation_reaches_unit_scale():
     assert late.mean(0).abs().max() < 0.3
     assert ((late.std(0) > 0.7) & (late.std(0) < 1.3)).all()
     env.close()
+
+
+def test_reward_scale_scales_learner_reward_not_reported_return():
+    torch.manual_seed(0)  # same random actions in both rollouts
+    plain = ControlEnv("Pendulum-v1", num_envs=2).make(seed=3).rollout(20)
+    torch.manual_seed(0)
+    scaled = ControlEnv("Pendulum-v1", num_envs=2, reward_scale=0.1).make(seed=3).rollout(20)
+    torch.testing.assert_close(scaled["next", "reward"], 0.1 * plain["next", "reward"])
+    torch.testing.assert_close(scaled["next", "episode_reward"], plain["next", "episode_reward"])

@@ -70,8 +70,9 @@ def test_gae_hand_computed(case, kwargs, advantage):
 
 
 def test_ppo_module_uses_gae_with_its_settings():
-    module = PPOModule(ControlEnv("CartPole-v1", num_envs=4), frames_per_batch=64, minibatch_size=32,
-                       gamma=0.9, lmbda=0.7)
+    module = PPOModule(
+        ControlEnv("CartPole-v1", num_envs=4), frames_per_batch=64, minibatch_size=32, gamma=0.9, lmbda=0.7
+    )
     assert isinstance(module.advantage_module, GAE)
     assert float(module.advantage_module.gamma) == pytest.approx(0.9)
     assert float(module.advantage_module.lmbda) == pytest.approx(0.7)

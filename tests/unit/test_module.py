@@ -42,11 +42,24 @@ def test_checkpoint_state_has_one_copy_of_each_parameter():
 
 
 def test_evaluate_is_deterministic_and_counts_first_episodes():
-    module = PPOModule(ControlEnv("CartPole-v1", num_envs=4, max_episode_steps=30),
-                       frames_per_batch=64, minibatch_size=32, eval_episodes=3)
+    module = PPOModule(
+        ControlEnv("CartPole-v1", num_envs=4, max_episode_steps=30),
+        frames_per_batch=64,
+        minibatch_size=32,
+        eval_episodes=3,
+    )
     first = module.evaluate()
     second = module.evaluate()
     assert first.shape == (3,)
     assert torch.equal(first, second)
     # CartPole pays 1 per step and the episode limit is 30
     assert ((first >= 1) & (first <= 30)).all()
+
+
+def test_back_to_back_evaluations_agree_with_a_trained_like_policy():
+    """Regression: reusing one eval env leaked the last step's done mask into the next reset."""
+    module = PPOModule(
+        ControlEnv("CartPole-v1", num_envs=4), frames_per_batch=64, minibatch_size=32, eval_episodes=5
+    )
+    runs = [module.evaluate() for _ in range(3)]
+    assert all(torch.equal(runs[0], r) for r in runs[1:])

@@ -84,8 +84,12 @@ def test_unclipped_ratios_give_plain_surrogate(module):
 
 def test_total_loss_sums_loss_terms_only(module):
     out = TensorDict(
-        {"loss_objective": torch.tensor(0.25), "loss_critic": torch.tensor(1.5),
-         "loss_entropy": torch.tensor(-0.125), "clip_fraction": torch.tensor(7.0)},
+        {
+            "loss_objective": torch.tensor(0.25),
+            "loss_critic": torch.tensor(1.5),
+            "loss_entropy": torch.tensor(-0.125),
+            "clip_fraction": torch.tensor(7.0),
+        },
         [],
     )
     assert float(module.total_loss(out)) == pytest.approx(1.625)

@@ -3,9 +3,11 @@
 One Lightning epoch is one policy iteration: the train DataLoader yields one batch of
 ``frames_per_batch`` transitions collected with the module's own actor (``next_batch``), and one
 ``training_step`` runs all of that iteration's minibatch updates (manual optimization: Lightning's
-per-step machinery costs ~1.5 ms, a third of a small PPO update, so it runs once per iteration). The base owns what every on-policy algorithm shares:
-the torchrl collector and env lifecycle, evaluation in Lightning's validation loop, per-iteration
-metric means, the frame budget, and exact resume (collector/env runtime state and RNG).
+per-step machinery costs ~1.5 ms, a third of a small PPO update, so it runs once per iteration).
+
+The base owns what every on-policy algorithm shares: the torchrl collector and env lifecycle,
+evaluation in Lightning's validation loop, per-iteration metric means, the frame budget, and exact
+resume (collector/env runtime state and RNG).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ RANK_SEED_OFFSET = 10_007  # each DDP rank collects with its own seed
 
 class RLModule(LightningModule):
     """Base of the control modules. Subclasses build ``self.loss_module`` and implement
-    ``prepare_batch`` (e.g. advantages) and ``training_step`` (the updates of one iteration).
+    ``prepare_batch`` (e.g. advantages) and ``update`` (the optimizer steps of one iteration).
 
     Args:
         env: env factory (``ControlEnv``); the env itself is built in ``setup``.
@@ -219,7 +221,7 @@ class RLModule(LightningModule):
         self._collect_s = 0.0
 
     def accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
-        """Add one minibatch's scalars; ``on_train_epoch_end`` logs their iteration means.
+        """Add one minibatch's scalars; ``training_step`` logs their iteration means once.
         Logging every minibatch cost as much as the PPO update itself."""
         for key, value in metrics.items():
             value = value.detach()
@@ -251,11 +253,33 @@ class RLModule(LightningModule):
         logs["train/lr"] = self.optimizers().optimizer.param_groups[0]["lr"]
         self.log_dict(logs, sync_dist=sync, batch_size=1)
         self.log("frames", float(self.frames), batch_size=1)
+        episodes = self._episode_means()
+        if episodes is not None:
+            self.log("train/episode_return", episodes[0], batch_size=1)
+            self.log("train/episode_length", episodes[1], batch_size=1)
+
+    def _episode_means(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Mean return and length of the episodes that ended this iteration, over all ranks.
+
+        Summed with an explicit all-reduce (not ``sync_dist``): a rank with no finished episode
+        must still take part, or the ranks that log would wait forever.
+        """
+        stats = torch.zeros(3)  # [sum of returns, sum of lengths, count]
         if self._episode_returns is not None:
-            self.log("train/episode_return", self._episode_returns.mean(), sync_dist=sync, batch_size=1)
-            self.log(
-                "train/episode_length", self._episode_lengths.float().mean(), sync_dist=sync, batch_size=1
+            stats = torch.stack(
+                [
+                    self._episode_returns.sum().float(),
+                    self._episode_lengths.sum().float(),
+                    torch.tensor(float(self._episode_returns.numel())),
+                ]
             )
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+            stats = stats.to(self.device)  # NCCL reduces device tensors only
+            dist.all_reduce(stats)
+            stats = stats.cpu()
+        if stats[2] == 0:
+            return None
+        return stats[0] / stats[2], stats[1] / stats[2]
 
     def on_train_epoch_end(self) -> None:
         self.train_seconds = self.elapsed_seconds()

@@ -24,7 +24,7 @@ the wall-time ratio is Lightning's overhead; ``cpu_s`` is less sensitive to a bu
 Run (2 cores, 1 torch thread)::
 
     .venv/bin/python -m bench.ppo_cartpole --seeds 0,1,2 --variants plmods,bare,sb3
-    .venv/bin/python -m bench.ppo_cartpole --num-envs 32 --frames-per-batch 1024 --eval-every 2
+    .venv/bin/python -m bench.ppo_cartpole --num-envs 32 --frames-per-batch 1024 --eval-every 2  # other settings
 
 Results go to ``--out`` (JSON, default ``bench/results/ppo_cartpole.json``).
 """
@@ -57,7 +57,7 @@ class Settings:
     lr: float = 1e-3
     gamma: float = 0.98
     lmbda: float = 0.8
-    eval_every: int = 1  # policy iterations between evaluations
+    eval_every: int = 4  # policy iterations between evaluations (trainer.check_val_every_n_epoch)
     eval_episodes: int = 10
     total_frames: int = 100_000  # frame cap and annealing horizon
     threshold: float = THRESHOLD

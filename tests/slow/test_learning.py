@@ -5,7 +5,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_ppo_solves_cartpole(run_train, seed):
     """``python train.py`` (the default experiment) reaches the 475 evaluation return."""
     run = run_train("logger=csv", f"seed={seed}", "algo.total_frames=150000", timeout=900)

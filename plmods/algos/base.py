@@ -27,7 +27,7 @@ from torchrl.envs import ExplorationType, VecNormV2
 
 from plmods.envs.control import ControlEnv
 from plmods.envs.state import env_runtime_state, load_env_runtime_state
-from plmods.errors import ConfigError
+from plmods.errors import require
 from plmods.models.control import MLPActorCritic
 from plmods.rollout.dataset import iteration_loader
 from plmods.rollout.evaluation import first_episode_returns
@@ -63,19 +63,17 @@ class RLModule(LightningModule):
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
-        if frames_per_batch < 1:
-            raise ConfigError(f"algo.frames_per_batch must be >= 1, got {frames_per_batch}.")
-        if frames_per_batch % env.num_envs:
-            raise ConfigError(
-                f"algo.frames_per_batch={frames_per_batch} must be a multiple of "
-                f"env.num_envs={env.num_envs} (each collector step yields num_envs frames)."
-            )
-        if total_frames < frames_per_batch:
-            raise ConfigError(
-                f"algo.total_frames={total_frames} must be >= algo.frames_per_batch={frames_per_batch}."
-            )
-        if eval_episodes < 1:
-            raise ConfigError(f"algo.eval_episodes must be >= 1, got {eval_episodes}.")
+        require(frames_per_batch >= 1, f"algo.frames_per_batch must be >= 1, got {frames_per_batch}.")
+        require(
+            frames_per_batch % env.num_envs == 0,
+            f"algo.frames_per_batch={frames_per_batch} must be a multiple of "
+            f"env.num_envs={env.num_envs} (each collector step yields num_envs frames).",
+        )
+        require(
+            total_frames >= frames_per_batch,
+            f"algo.total_frames={total_frames} must be >= algo.frames_per_batch={frames_per_batch}.",
+        )
+        require(eval_episodes >= 1, f"algo.eval_episodes must be >= 1, got {eval_episodes}.")
         self.env_factory = env
         self.model_factory = model or MLPActorCritic()
         self.frames_per_batch = frames_per_batch

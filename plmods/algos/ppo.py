@@ -23,7 +23,7 @@ from torchrl.objectives.value import GAE
 
 from plmods.algos.base import RLModule
 from plmods.envs.control import ControlEnv
-from plmods.errors import ConfigError
+from plmods.errors import require
 from plmods.models.control import MLPActorCritic
 
 __all__ = ["PPOModule"]
@@ -80,18 +80,26 @@ class PPOModule(RLModule):
         seed: int = 0,
         eval_episodes: int = 10,
     ) -> None:
-        _check_ppo_args(
-            frames_per_batch,
-            minibatch_size,
-            ppo_epochs,
-            lr,
-            gamma,
-            lmbda,
-            clip_epsilon,
-            entropy_coeff,
-            critic_coeff,
-            loss_critic_type,
-            max_grad_norm,
+        # reject bad settings before anything is built, naming the setting and what is valid
+        require(
+            minibatch_size >= 1 and frames_per_batch % minibatch_size == 0,
+            f"algo.minibatch_size={minibatch_size} must be a positive divisor of "
+            f"algo.frames_per_batch={frames_per_batch}.",
+        )
+        require(ppo_epochs >= 1, f"algo.ppo_epochs must be >= 1, got {ppo_epochs}.")
+        require(lr > 0, f"algo.lr must be > 0, got {lr}.")
+        require(0 < gamma <= 1, f"algo.gamma must be in (0, 1], got {gamma}.")
+        require(0 <= lmbda <= 1, f"algo.lmbda must be in [0, 1], got {lmbda}.")
+        require(0 < clip_epsilon < 1, f"algo.clip_epsilon must be in (0, 1), got {clip_epsilon}.")
+        require(entropy_coeff >= 0, f"algo.entropy_coeff must be >= 0, got {entropy_coeff}.")
+        require(critic_coeff >= 0, f"algo.critic_coeff must be >= 0, got {critic_coeff}.")
+        require(
+            loss_critic_type in ("l1", "l2", "smooth_l1"),
+            f"algo.loss_critic_type must be one of l1, l2, smooth_l1, got {loss_critic_type!r}.",
+        )
+        require(
+            max_grad_norm is None or max_grad_norm > 0,
+            f"algo.max_grad_norm must be > 0 or null, got {max_grad_norm}.",
         )
         super().__init__(env, model, frames_per_batch, total_frames, seed, eval_episodes)
         self.save_hyperparameters(logger=False)
@@ -151,44 +159,3 @@ class PPOModule(RLModule):
             metrics = {key: out[key] for key in _LOGGED if key in out}
             metrics["approx_kl"] = out["kl_approx"]
             self.accumulate(metrics)
-
-
-def _check_ppo_args(
-    frames_per_batch,
-    minibatch_size,
-    ppo_epochs,
-    lr,
-    gamma,
-    lmbda,
-    clip_epsilon,
-    entropy_coeff,
-    critic_coeff,
-    loss_critic_type,
-    max_grad_norm,
-) -> None:
-    """Reject bad settings before anything is built, naming the setting and what is valid."""
-    if minibatch_size < 1 or frames_per_batch % minibatch_size:
-        raise ConfigError(
-            f"algo.minibatch_size={minibatch_size} must be a positive divisor of "
-            f"algo.frames_per_batch={frames_per_batch}."
-        )
-    checks = [
-        (ppo_epochs >= 1, f"algo.ppo_epochs must be >= 1, got {ppo_epochs}."),
-        (lr > 0, f"algo.lr must be > 0, got {lr}."),
-        (0 < gamma <= 1, f"algo.gamma must be in (0, 1], got {gamma}."),
-        (0 <= lmbda <= 1, f"algo.lmbda must be in [0, 1], got {lmbda}."),
-        (0 < clip_epsilon < 1, f"algo.clip_epsilon must be in (0, 1), got {clip_epsilon}."),
-        (entropy_coeff >= 0, f"algo.entropy_coeff must be >= 0, got {entropy_coeff}."),
-        (critic_coeff >= 0, f"algo.critic_coeff must be >= 0, got {critic_coeff}."),
-        (
-            loss_critic_type in ("l1", "l2", "smooth_l1"),
-            f"algo.loss_critic_type must be one of l1, l2, smooth_l1, got {loss_critic_type!r}.",
-        ),
-        (
-            max_grad_norm is None or max_grad_norm > 0,
-            f"algo.max_grad_norm must be > 0 or null, got {max_grad_norm}.",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)

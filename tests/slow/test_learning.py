@@ -13,3 +13,5 @@ def test_ppo_solves_cartpole(run_train, seed):
     assert s["solved"], s["val_history"]
     assert s["val/episode_return"]["best"] >= 475
     assert s["solved_at"]["frames"] <= 150_000
+    # EarlyStopping(stopping_threshold=475) ended the run at the solving evaluation
+    assert s["frames"] == s["solved_at"]["frames"] < 150_000

@@ -213,6 +213,7 @@ class RLModule(LightningModule):
     def _reset_iteration_stats(self) -> None:
         self._metric_sums: dict[str, torch.Tensor] = {}
         self._metric_count = 0
+        self._iteration_metrics: dict[str, float | torch.Tensor] = {}
         self._episode_returns: torch.Tensor | None = None
         self._episode_lengths: torch.Tensor | None = None
         self._iter_start = time.perf_counter()
@@ -225,6 +226,10 @@ class RLModule(LightningModule):
             value = value.detach()
             self._metric_sums[key] = self._metric_sums[key] + value if key in self._metric_sums else value
         self._metric_count += 1
+
+    def accumulate_iteration(self, metrics: dict[str, float | torch.Tensor]) -> None:
+        """Scalars measured once per iteration, logged as ``train/<key>`` with the means."""
+        self._iteration_metrics.update(metrics)
 
     def on_train_epoch_start(self) -> None:
         self._reset_iteration_stats()
@@ -244,6 +249,7 @@ class RLModule(LightningModule):
         wall = time.perf_counter() - self._iter_start
         sync = self.world_size > 1
         logs = {f"train/{k}": v / max(self._metric_count, 1) for k, v in self._metric_sums.items()}
+        logs.update({f"train/{k}": v for k, v in self._iteration_metrics.items()})
         logs["perf/fps"] = self.frames_per_batch * self.world_size / max(wall, 1e-9)
         logs["perf/collect_fps"] = self.frames_per_batch / max(self._collect_s, 1e-9)
         logs["perf/iteration_s"] = wall

@@ -74,9 +74,15 @@ def test_command_line_style_overrides(compose_cfg):
     assert cfg.trainer.devices == 2
 
 
-def test_algo_yaml_mirrors_module_signature(compose_cfg):
+@pytest.mark.parametrize("algo", _options("algo"))
+def test_algo_yaml_mirrors_module_signature(compose_cfg, algo):
     import inspect
 
-    cfg = compose_cfg()
-    params = set(inspect.signature(PPOModule.__init__).parameters) - {"self", "env", "model"}
+    from hydra.utils import get_class
+
+    cfg = compose_cfg(f"algo={algo}")
+    cls = get_class(cfg.algo._target_)
+    params = set(inspect.signature(cls.__init__).parameters) - {"self", "env", "model"}
     assert set(cfg.algo) - {"_target_"} == params
+    module = instantiate(cfg.algo, env=instantiate(cfg.env), model=instantiate(cfg.model))
+    assert isinstance(module, cls)

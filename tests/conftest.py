@@ -14,6 +14,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
+# debug=fast with small PPO minibatches: 4 iterations of 64 frames, 2 epochs x 2 minibatches each
+PPO_FAST = (
+    "debug=fast",
+    "algo.frames_per_batch=64",
+    "algo.minibatch_size=32",
+    "algo.ppo_epochs=2",
+    "algo.total_frames=256",
+)
 
 torch.set_num_threads(1)
 torch.set_flush_denormal(True)

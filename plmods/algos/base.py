@@ -118,8 +118,17 @@ class RLModule(LightningModule):
             total_frames=-1,
             exploration_type=ExplorationType.RANDOM,
             auto_register_policy_transforms=False,
+            **self.collector_kwargs(),
         )
         self._collector_iter = iter(self._collector)
+
+    def collector_kwargs(self) -> dict[str, Any]:
+        """Extra ``torchrl.collectors.Collector`` arguments of a subclass (e.g. whole episodes)."""
+        return {}
+
+    def batch_frames(self, batch: TensorDictBase) -> int:
+        """Environment frames in a collected batch (padded trajectory batches count valid steps)."""
+        return batch.numel()
 
     def teardown(self, stage: str) -> None:
         if self._collector is not None:
@@ -172,7 +181,8 @@ class RLModule(LightningModule):
         self._iter_start = time.perf_counter()
         batch = next(self._collector_iter)
         self._collect_s = time.perf_counter() - self._iter_start
-        self.frames += batch.numel() * self.world_size
+        self._iter_frames = self.batch_frames(batch)
+        self.frames += self._iter_frames * self.world_size
         done = batch["next", "done"]
         if done.any():
             self._episode_returns = batch["next", "episode_reward"][done]
@@ -218,6 +228,7 @@ class RLModule(LightningModule):
         self._episode_lengths: torch.Tensor | None = None
         self._iter_start = time.perf_counter()
         self._collect_s = 0.0
+        self._iter_frames = 0
 
     def accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
         """Add one minibatch's scalars; ``training_step`` logs their iteration means once.
@@ -250,8 +261,8 @@ class RLModule(LightningModule):
         sync = self.world_size > 1
         logs = {f"train/{k}": v / max(self._metric_count, 1) for k, v in self._metric_sums.items()}
         logs.update({f"train/{k}": v for k, v in self._iteration_metrics.items()})
-        logs["perf/fps"] = self.frames_per_batch * self.world_size / max(wall, 1e-9)
-        logs["perf/collect_fps"] = self.frames_per_batch / max(self._collect_s, 1e-9)
+        logs["perf/fps"] = self._iter_frames * self.world_size / max(wall, 1e-9)
+        logs["perf/collect_fps"] = self._iter_frames / max(self._collect_s, 1e-9)
         logs["perf/iteration_s"] = wall
         logs["iteration"] = float(self.iteration)
         logs["train/lr"] = self.optimizers().optimizer.param_groups[0]["lr"]

@@ -114,7 +114,8 @@ class PPOKLModule(PPOBase):
             torch.distributed.all_reduce(kl)
             kl = kl / self.world_size
         self.measured_kl = float(kl)
-        self.accumulate_iteration({"kl": self.measured_kl, "kl_coef": self.kl_coef})
+        # beta itself is logged by the AdaptiveKL callback as train/kl_coef
+        self.accumulate_iteration({"kl": self.measured_kl})
 
     def extra_metrics(self, out: TensorDictBase) -> dict[str, torch.Tensor]:
         kl = out["kl"].mean()

@@ -52,7 +52,7 @@ def next_kl_coef(
     if rule == "ppo":
         if measured_kl < target_kl / 1.5:
             return kl_coef / 2.0
-        if measured_kl >= 1.5 * target_kl:
+        if measured_kl > 1.5 * target_kl:
             return kl_coef * 2.0
         return kl_coef
     if rule == "proportional":

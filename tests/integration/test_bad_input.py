@@ -9,7 +9,7 @@ import pytest
         (["env.env_id=CartPol-v1"], "env.env_id='CartPol-v1' is not a registered gymnasium environment"),
         (
             ["algo.minibatch_size=48"],
-            "algo.minibatch_size=48 must be a positive divisor of algo.frames_per_batch=64",
+            "algo.minibatch_size=48 must be a positive divisor of algo.frames_per_batch=256",
         ),
         (["algo.lr=0"], "algo.lr must be > 0"),
         (["algo.lr=-0.1"], "algo.lr must be > 0"),

@@ -2,13 +2,14 @@
 
 import pytest
 import torch
+from conftest import PPO_FAST
 
 pytestmark = pytest.mark.ddp
 
 
 def test_ddp_two_ranks_collect_separately_and_resume(run_train, tmp_path):
     run = run_train(
-        "debug=fast",
+        *PPO_FAST,
         "trainer=ddp_sim",
         "logger=none",
         "algo.total_frames=512",
@@ -26,7 +27,7 @@ def test_ddp_two_ranks_collect_separately_and_resume(run_train, tmp_path):
     assert per_rank[0]["env"]["gym_envs"] != per_rank[1]["env"]["gym_envs"]
 
     resumed = run_train(
-        "debug=fast",
+        *PPO_FAST,
         "trainer=ddp_sim",
         "logger=none",
         "algo.total_frames=512",

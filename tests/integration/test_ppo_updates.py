@@ -45,4 +45,4 @@ def test_ppo_kl_measures_kl_and_keeps_beta_without_callback(kl_coef):
     assert trainer.global_step == 36
     assert module.measured_kl is not None and module.measured_kl >= 0
     assert module.kl_coef == kl_coef
-    assert float(trainer.callback_metrics["train/kl_coef"]) == kl_coef
+    assert float(trainer.callback_metrics["train/kl"]) == pytest.approx(module.measured_kl)

@@ -1,8 +1,9 @@
 """A resumed run continues exactly as the uninterrupted one (CPU, fixed seed)."""
 
 import torch
+from conftest import PPO_FAST
 
-FAST = ("debug=fast", "algo.total_frames=640", "trainer.check_val_every_n_epoch=3")
+FAST = (*PPO_FAST, "algo.total_frames=640", "trainer.check_val_every_n_epoch=3")
 
 
 def _state(run):
@@ -32,11 +33,11 @@ def test_resume_matches_uninterrupted_run(run_train, tmp_path):
 
 
 def test_resume_continues_the_same_wandb_run(run_train, tmp_path):
-    part = run_train("debug=fast", "logger=wandb", "trainer.max_epochs=2", run_dir=tmp_path / "part")
+    part = run_train(*PPO_FAST, "logger=wandb", "trainer.max_epochs=2", run_dir=tmp_path / "part")
     run_id = _state(part)["plmods"]["logger_version"]
     assert run_id
     resumed = run_train(
-        "debug=fast",
+        *PPO_FAST,
         "logger=wandb",
         f"ckpt_path={part.run_dir / 'checkpoints' / 'last.ckpt'}",
         run_dir=tmp_path / "resumed",

@@ -4,12 +4,13 @@ import json
 
 import pytest
 import torch
+from conftest import PPO_FAST
 
 
 def test_default_cartpole_fast(run_train):
-    run = run_train("debug=fast")
+    run = run_train(*PPO_FAST)
     s = run.summary
-    # debug=fast: 256 frames in batches of 64 -> 4 iterations
+    # 256 frames in batches of 64 -> 4 iterations
     assert s["frames"] == 256 and s["iterations"] == 4
     assert s["env"] == "CartPole-v1" and s["algo"] == "PPOModule"
     assert s["val/episode_return"]["final"] is not None
@@ -39,7 +40,7 @@ def test_default_cartpole_fast(run_train):
 
 
 def test_continuous_pendulum_fast(run_train):
-    run = run_train("debug=fast", "env=pendulum", "env.obs_norm=true", "algo.entropy_coeff=0.01")
+    run = run_train(*PPO_FAST, "env=pendulum", "env.obs_norm=true", "algo.entropy_coeff=0.01")
     s = run.summary
     assert s["env"] == "Pendulum-v1" and s["frames"] == 256
     assert s["val/episode_return"]["final"] < 0  # Pendulum rewards are negative
@@ -47,20 +48,22 @@ def test_continuous_pendulum_fast(run_train):
 
 @pytest.mark.parametrize("experiment", ["ppo_acrobot", "ppo_pendulum", "ppo_cartpole"])
 def test_experiment_presets_run(run_train, experiment):
-    run = run_train(
-        f"experiment={experiment}",
-        "debug=fast",
-        "algo.frames_per_batch=64",
-        "algo.minibatch_size=32",
-        "algo.total_frames=128",
-    )
+    run = run_train(f"experiment={experiment}", *PPO_FAST, "algo.total_frames=128")
     assert run.summary["frames"] == 128
     assert run.summary["config"]["task_name"] == experiment
 
 
+@pytest.mark.parametrize("algo", ["ppo", "ppo_kl", "reinforce"])
+def test_debug_fast_runs_every_algorithm(run_train, algo):
+    run = run_train(f"algo={algo}", "debug=fast", "logger=none")
+    s = run.summary
+    assert s["frames"] >= 1024 and s["iterations"] >= 1
+    assert s["val/episode_return"]["final"] is not None
+
+
 def test_multirun_sweep(run_train, tmp_path):
     sweep = tmp_path / "sweep"
-    run = run_train("-m", "debug=fast", "algo.lr=0.001,0.003", f"hydra.sweep.dir={sweep}")
+    run = run_train("-m", *PPO_FAST, "algo.lr=0.001,0.003", f"hydra.sweep.dir={sweep}")
     summaries = sorted(sweep.glob("*/summary.json"))
     assert len(summaries) == 2, run.output[-2000:]
     lrs = sorted(json.loads(p.read_text())["config"]["algo"]["lr"] for p in summaries)
@@ -68,12 +71,12 @@ def test_multirun_sweep(run_train, tmp_path):
 
 
 def test_wandb_offline_without_key(run_train):
-    run = run_train("debug=fast", "logger=wandb", env={"WANDB_DIR": ""})
+    run = run_train(*PPO_FAST, "logger=wandb", env={"WANDB_DIR": ""})
     offline_runs = list((run.run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1, run.output[-2000:]
     assert (offline_runs[0] / "files").exists() or any(offline_runs[0].iterdir())
 
 
 def test_tensorboard_logger(run_train):
-    run = run_train("debug=fast", "logger=tensorboard")
+    run = run_train(*PPO_FAST, "logger=tensorboard")
     assert list((run.run_dir / "tensorboard").rglob("events.out.tfevents.*"))

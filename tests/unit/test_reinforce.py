@@ -1,0 +1,109 @@
+"""REINFORCE: returns-to-go and each baseline against hand-computed numbers.
+
+Two padded episodes, gamma = 0.5:  A: rewards [1, 1, 1]  -> G = [1.75, 1.5, 1.0]
+                                   B: rewards [1, 2] (+pad) -> G = [2.0, 2.0]
+Valid steps in order A0 A1 A2 B0 B1; mean G = 8.25 / 5 = 1.65.
+"""
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from plmods.algos import ReinforceModule
+from plmods.algos.reinforce import returns_to_go
+from plmods.envs import ControlEnv
+from plmods.errors import ConfigError
+
+G = [1.75, 1.5, 1.0, 2.0, 2.0]
+
+
+def _module(**kwargs):
+    torch.manual_seed(0)
+    args = {"frames_per_batch": 64, "gamma": 0.5, "normalize_advantage": False} | kwargs
+    return ReinforceModule(ControlEnv("CartPole-v1", num_envs=4), **args)
+
+
+def _batch():
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    done = torch.zeros(2, 3, 1, dtype=torch.bool)
+    done[0, 2] = done[1, 1] = True
+    return TensorDict(
+        {
+            "observation": torch.randn(2, 3, 4),
+            "action": torch.tensor([[0, 1, 0], [1, 1, 0]]),
+            "collector": {"mask": mask},
+            "next": {"reward": torch.tensor([[[1.0], [1.0], [1.0]], [[1.0], [2.0], [0.0]]]), "done": done},
+        },
+        [2, 3],
+    )
+
+
+def test_returns_to_go_hand_computed():
+    b = _batch()
+    g = returns_to_go(b["next", "reward"], b["next", "done"], 0.5)
+    torch.testing.assert_close(g[b["collector", "mask"]].squeeze(-1), torch.tensor(G), atol=1e-6, rtol=0)
+
+
+def test_no_baseline_advantage_is_the_return():
+    steps = _module(baseline="none").prepare_batch(_batch())
+    torch.testing.assert_close(steps["advantage"].squeeze(-1), torch.tensor(G), atol=1e-6, rtol=0)
+    torch.testing.assert_close(steps["value_target"].squeeze(-1), torch.tensor(G), atol=1e-6, rtol=0)
+
+
+def test_moving_average_baseline_uses_the_previous_mean():
+    module = _module(baseline="moving_average", baseline_decay=0.9)
+    first = module.prepare_batch(_batch())
+    # no history yet: b = 0, then b = mean(G) = 1.65
+    torch.testing.assert_close(first["advantage"].squeeze(-1), torch.tensor(G), atol=1e-6, rtol=0)
+    assert float(module.moving_baseline) == pytest.approx(1.65)
+    second = module.prepare_batch(_batch())
+    expected = torch.tensor(G) - 1.65
+    torch.testing.assert_close(second["advantage"].squeeze(-1), expected, atol=1e-6, rtol=0)
+    # b <- 0.9 * 1.65 + 0.1 * 1.65
+    assert float(module.moving_baseline) == pytest.approx(1.65)
+    batch = _batch()
+    batch["next", "reward"] = batch["next", "reward"] * 2  # mean G doubles to 3.3
+    module.prepare_batch(batch)
+    assert float(module.moving_baseline) == pytest.approx(0.9 * 1.65 + 0.1 * 3.3)
+
+
+def test_value_baseline_subtracts_the_critic():
+    module = _module(baseline="value")
+    last = [m for m in module.critic.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(0.5)  # V(s) = 0.5 everywhere
+    steps = module.prepare_batch(_batch())
+    torch.testing.assert_close(steps["advantage"].squeeze(-1), torch.tensor(G) - 0.5, atol=1e-6, rtol=0)
+
+
+def test_normalized_advantage_has_zero_mean_unit_std():
+    steps = _module(baseline="none", normalize_advantage=True).prepare_batch(_batch())
+    a = steps["advantage"]
+    assert float(a.mean()) == pytest.approx(0.0, abs=1e-6)
+    assert float(a.std()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_loss_actor_is_minus_mean_logprob_times_advantage():
+    module = _module(baseline="none")
+    steps = module.prepare_batch(_batch())
+    out = module.loss_module(steps).detach()
+    with torch.no_grad():
+        logits = module.actor.module[0](steps.select("observation").clone())["logits"]
+    log_prob = torch.distributions.Categorical(logits=logits).log_prob(steps["action"])
+    expected = -(log_prob * torch.tensor(G)).mean()
+    assert float(out["loss_actor"]) == pytest.approx(float(expected), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "setting"),
+    [
+        ({"baseline": "mean"}, "algo.baseline"),
+        ({"episodes_per_batch": 0}, "algo.episodes_per_batch"),
+        ({"baseline_decay": 1.0}, "algo.baseline_decay"),
+        ({"lr": 0}, "algo.lr"),
+    ],
+)
+def test_bad_settings(kwargs, setting):
+    with pytest.raises(ConfigError, match=setting.replace(".", r"\.")):
+        _module(**kwargs)

@@ -274,8 +274,15 @@ def run_bare(s: Settings, seed: int) -> Result:
     factory = ControlEnv("CartPole-v1", num_envs=s.num_envs)
     actor, critic = MLPActorCritic().build(factory.make(num_envs=1))
     loss_module = ClipPPOLoss(
-        actor, critic, clip_epsilon=clip_epsilon, clip_value=False, entropy_bonus=False, entropy_coeff=0.0,
-        critic_coeff=0.5, loss_critic_type="l2", normalize_advantage=True,
+        actor,
+        critic,
+        clip_epsilon=clip_epsilon,
+        clip_value=False,
+        entropy_bonus=False,
+        entropy_coeff=0.0,
+        critic_coeff=0.5,
+        loss_critic_type="l2",
+        normalize_advantage=True,
     )
     gae = GAE(gamma=s.gamma, lmbda=s.lmbda, value_network=critic)
     optimizer = torch.optim.Adam(loss_module.parameters(), lr=s.lr, eps=1e-5)
@@ -346,8 +353,15 @@ def run_bare(s: Settings, seed: int) -> Result:
 
 # ---------------------------------------------------------------------------------- (c) SB3
 SB3_ZOO = {  # rl-baselines3-zoo hyperparams/ppo.yml, CartPole-v1
-    "n_envs": 8, "n_steps": 32, "batch_size": 256, "gae_lambda": 0.8, "gamma": 0.98,
-    "n_epochs": 20, "ent_coef": 0.0, "learning_rate": 1e-3, "clip_range": 0.2,
+    "n_envs": 8,
+    "n_steps": 32,
+    "batch_size": 256,
+    "gae_lambda": 0.8,
+    "gamma": 0.98,
+    "n_epochs": 20,
+    "ent_coef": 0.0,
+    "learning_rate": 1e-3,
+    "clip_range": 0.2,
 }
 
 
@@ -372,10 +386,19 @@ def run_sb3(s: Settings, seed: int) -> Result:
     env = make_vec_env("CartPole-v1", n_envs=z["n_envs"], seed=seed, vec_env_cls=DummyVecEnv)
     eval_env = make_vec_env("CartPole-v1", n_envs=s.eval_episodes, vec_env_cls=DummyVecEnv)
     model = PPO(
-        "MlpPolicy", env, n_steps=z["n_steps"], batch_size=z["batch_size"], gae_lambda=z["gae_lambda"],
-        gamma=z["gamma"], n_epochs=z["n_epochs"], ent_coef=z["ent_coef"],
-        learning_rate=linear(z["learning_rate"]), clip_range=linear(z["clip_range"]),
-        seed=seed, device="cpu", verbose=0,
+        "MlpPolicy",
+        env,
+        n_steps=z["n_steps"],
+        batch_size=z["batch_size"],
+        gae_lambda=z["gae_lambda"],
+        gamma=z["gamma"],
+        n_epochs=z["n_epochs"],
+        ent_coef=z["ent_coef"],
+        learning_rate=linear(z["learning_rate"]),
+        clip_range=linear(z["clip_range"]),
+        seed=seed,
+        device="cpu",
+        verbose=0,
     )
 
     class Solve(BaseCallback):
@@ -392,7 +415,10 @@ def run_sb3(s: Settings, seed: int) -> Result:
                 with timers("eval"):
                     eval_env.seed(seed + EVAL_SEED_OFFSET)
                     returns, _ = evaluate_policy(
-                        self.model, eval_env, n_eval_episodes=s.eval_episodes, deterministic=True,
+                        self.model,
+                        eval_env,
+                        n_eval_episodes=s.eval_episodes,
+                        deterministic=True,
                         return_episode_rewards=True,
                     )
                 mean = statistics.fmean(returns)
@@ -451,11 +477,18 @@ def summarize(results: list[Result], variants: list[str]) -> dict:
         ratios["plmods/bare wall_s"] = p["wall_s"] / b["wall_s"]
         ratios["plmods/bare train_fps"] = p["train_fps"] / b["train_fps"]
         ratios["plmods/bare cpu_s"] = p["cpu_s"] / b["cpu_s"]
-        pairs = [(r, q) for r in results for q in results
-                 if r.variant == "plmods" and q.variant == "bare" and r.seed == q.seed]
-        ratios["plmods/bare wall_s per seed (median)"] = statistics.median(r.wall_s / q.wall_s for r, q in pairs)
+        pairs = [
+            (r, q)
+            for r in results
+            for q in results
+            if r.variant == "plmods" and q.variant == "bare" and r.seed == q.seed
+        ]
+        ratios["plmods/bare wall_s per seed (median)"] = statistics.median(
+            r.wall_s / q.wall_s for r, q in pairs
+        )
         ratios["plmods/bare train_fps per seed (median)"] = statistics.median(
-            r.train_fps / q.train_fps for r, q in pairs)
+            r.train_fps / q.train_fps for r, q in pairs
+        )
     if "plmods" in summary and "sb3" in summary:
         ratios["plmods/sb3 wall_s"] = summary["plmods"]["wall_s"] / summary["sb3"]["wall_s"]
         ratios["plmods/sb3 cpu_s"] = summary["plmods"]["cpu_s"] / summary["sb3"]["cpu_s"]
@@ -472,26 +505,39 @@ def report(results: list[Result], summary: dict) -> None:
     for seed in sorted({r.seed for r in results}):
         print(f"\nseed {seed}\n{header}")
         for r in (r for r in results if r.seed == seed):
-            crit = (f"train-criterion {r.train_criterion_frames} fr / {r.train_criterion_wall_s:.1f} s"
-                    if r.train_criterion_frames is not None else "train-criterion not reached")
+            crit = (
+                f"train-criterion {r.train_criterion_frames} fr / {r.train_criterion_wall_s:.1f} s"
+                if r.train_criterion_frames is not None
+                else "train-criterion not reached"
+            )
             phases = " ".join(f"{k}={v:.1f}" for k, v in r.phases.items())
             note = ("" if r.solved else "NOT SOLVED; ") + f"{r.evaluations} evals; {crit}; {phases}"
             print_row(r.variant, r.frames, r.wall_s, r.cpu_s, r.eval_s, r.train_fps, note)
     print(f"\nmedians\n{header}")
     for v, m in summary.items():
         if v != "ratios":
-            print_row(v, m["frames"], m["wall_s"], m["cpu_s"], m["eval_s"], m["train_fps"],
-                      f"solved {m['solved']}/{m['runs']}")
+            print_row(
+                v,
+                m["frames"],
+                m["wall_s"],
+                m["cpu_s"],
+                m["eval_s"],
+                m["train_fps"],
+                f"solved {m['solved']}/{m['runs']}",
+            )
     for k, v in summary["ratios"].items():
         print(f"{k}: {v:.3f}")
 
 
 def parse_args() -> argparse.Namespace:
     d = Settings()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    p.add_argument("--variants", default="plmods,bare,sb3", help=f"comma-separated subset of {list(VARIANTS)}")
+    p.add_argument(
+        "--variants", default="plmods,bare,sb3", help=f"comma-separated subset of {list(VARIANTS)}"
+    )
     p.add_argument("--out", default="bench/results/ppo_cartpole.json", help="JSON results path")
     for name, default in asdict(d).items():
         p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
@@ -525,14 +571,20 @@ def main() -> None:
         for v in variants:
             results.append(VARIANTS[v](settings, seed))
             r = results[-1]
-            print(f"  seed {seed} {v:<7} solved={r.solved} frames={r.frames} wall={r.wall_s:.1f}s "
-                  f"eval={r.eval_s:.1f}s fps={r.train_fps:.0f}", flush=True)
+            print(
+                f"  seed {seed} {v:<7} solved={r.solved} frames={r.frames} wall={r.wall_s:.1f}s "
+                f"eval={r.eval_s:.1f}s fps={r.train_fps:.0f}",
+                flush=True,
+            )
     summary = summarize(results, variants)
     report(results, summary)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": asdict(settings), "summary": summary,
-                               "runs": [asdict(r) for r in results]}, indent=1))
+    out.write_text(
+        json.dumps(
+            {"settings": asdict(settings), "summary": summary, "runs": [asdict(r) for r in results]}, indent=1
+        )
+    )
     print(f"\nwrote {out}")
 
 

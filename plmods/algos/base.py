@@ -351,6 +351,9 @@ class RLModule(LightningModule):
             # The carrier is the tensordict the collector steps from next (current observations,
             # running episode return and step count); torchrl keeps it private.
             "carrier": self._collector._carrier.clone(),
+            # the counter that hands out trajectory ids: restored with the carrier's ids, so new
+            # episodes never reuse the id of one still running (trajectory batches group by id)
+            "traj_pool": self._collector._traj_pool.state_dict(),
             "env": env_runtime_state(self._collector.env),
             "rng": rng_state(),
         }
@@ -387,5 +390,6 @@ class RLModule(LightningModule):
             return
         load_env_runtime_state(self._collector.env, state["env"])
         self._collector._carrier.update_(state["carrier"])
+        self._collector._traj_pool.load_state_dict(state["traj_pool"])
         # Lightning may draw from the global RNG between restore and the first iteration
         self._pending_rng = state["rng"]

@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import instantiate
 from lightning import Trainer
 
-from plmods.algos import PPOModule
+from plmods.algos import PPOModule, RLModule
 from plmods.envs import ControlEnv
 from plmods.models import MLPActorCritic
 
@@ -24,7 +24,8 @@ def test_experiments_instantiate(compose_cfg, experiment):
     model = instantiate(cfg.model)
     module = instantiate(cfg.algo, env=env, model=model)
     assert isinstance(env, ControlEnv) and isinstance(model, MLPActorCritic)
-    assert isinstance(module, PPOModule)
+    assert isinstance(module, RLModule)
+    assert f"{type(module).__module__}.{type(module).__name__}".endswith(cfg.algo._target_.split(".")[-1])
     assert module.hparams.total_frames == cfg.algo.total_frames
     assert cfg.task_name == experiment
 

@@ -1,0 +1,144 @@
+"""REINFORCE (Williams 1992) with a selectable baseline, on torchrl's ``ReinforceLoss``.
+
+Policy-gradient theorem with Monte-Carlo returns (seeds 001, 003):
+
+    grad J = E_tau[ sum_t grad log pi(a_t | s_t) * (G_t - b_t) ],   G_t = sum_{k>=t} gamma^(k-t) r_k
+
+One update per batch of whole episodes (torchrl's ``Collector(trajs_per_batch=...)``), so every
+G_t is an exact Monte-Carlo return. Baselines: ``none`` (b = 0), ``moving_average`` (b is a running
+mean of the batches' returns-to-go, updated after use so it never depends on the current actions)
+and ``value`` (b_t = V(s_t), a critic regressed on G_t).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.objectives import ReinforceLoss
+from torchrl.objectives.value.functional import reward2go
+
+from plmods.algos.base import RLModule
+from plmods.envs.control import ControlEnv
+from plmods.errors import require
+from plmods.models.control import MLPActorCritic
+
+__all__ = ["BASELINES", "ReinforceModule", "returns_to_go"]
+
+BASELINES = ("none", "moving_average", "value")
+
+
+def returns_to_go(reward: torch.Tensor, done: torch.Tensor, gamma: float) -> torch.Tensor:
+    """G_t for trajectories laid out ``[..., T, 1]`` (torchrl's ``reward2go``)."""
+    return reward2go(reward, done, gamma, time_dim=-2)
+
+
+class ReinforceModule(RLModule):
+    """REINFORCE as a LightningModule: one epoch = ``episodes_per_batch`` episodes, one update.
+
+    Args:
+        env: env factory; built per rank in ``setup``.
+        model: actor/critic factory (the critic is trained only with ``baseline=value``).
+        episodes_per_batch: whole episodes per policy update.
+        frames_per_batch: collector polling size (frames stepped between trajectory checks;
+            multiple of ``env.num_envs``); the update always sees whole episodes.
+        total_frames: frame budget (frames of the episodes trained on).
+        gamma: discount of the returns-to-go.
+        baseline: ``none``, ``moving_average`` or ``value``.
+        baseline_decay: weight of the old value in the moving-average baseline.
+        normalize_advantage: standardise the batch's advantages.
+        lr: Adam learning rate.
+        loss_critic_type: value loss for ``baseline=value`` (``l1``, ``l2``, ``smooth_l1``).
+        max_grad_norm: clip the global gradient norm (``None``: no clipping).
+        seed: training env seed.
+        eval_episodes: deterministic episodes per evaluation.
+    """
+
+    def __init__(
+        self,
+        env: ControlEnv,
+        model: MLPActorCritic | None = None,
+        episodes_per_batch: int = 16,
+        frames_per_batch: int = 256,
+        total_frames: int = 300_000,
+        gamma: float = 0.99,
+        baseline: str = "value",
+        baseline_decay: float = 0.9,
+        normalize_advantage: bool = True,
+        lr: float = 3e-3,
+        loss_critic_type: str = "l2",
+        max_grad_norm: float | None = 1.0,
+        seed: int = 0,
+        eval_episodes: int = 10,
+    ) -> None:
+        require(episodes_per_batch >= 1, f"algo.episodes_per_batch must be >= 1, got {episodes_per_batch}.")
+        require(0 < gamma <= 1, f"algo.gamma must be in (0, 1], got {gamma}.")
+        require(baseline in BASELINES, f"algo.baseline must be one of {list(BASELINES)}, got {baseline!r}.")
+        require(0 <= baseline_decay < 1, f"algo.baseline_decay must be in [0, 1), got {baseline_decay}.")
+        require(lr > 0, f"algo.lr must be > 0, got {lr}.")
+        require(
+            loss_critic_type in ("l1", "l2", "smooth_l1"),
+            f"algo.loss_critic_type must be one of l1, l2, smooth_l1, got {loss_critic_type!r}.",
+        )
+        require(
+            max_grad_norm is None or max_grad_norm > 0,
+            f"algo.max_grad_norm must be > 0 or null, got {max_grad_norm}.",
+        )
+        super().__init__(env, model, frames_per_batch, total_frames, seed, eval_episodes)
+        self.save_hyperparameters(logger=False)
+        self.loss_module = ReinforceLoss(self.actor, self.critic, loss_critic_type=loss_critic_type)
+        # running mean of returns-to-go; a buffer so it is checkpointed
+        self.register_buffer("moving_baseline", torch.zeros(()))
+        self.register_buffer("moving_baseline_initialized", torch.zeros((), dtype=torch.bool))
+
+    def collector_kwargs(self) -> dict[str, Any]:
+        # whole episodes, zero-padded to [episodes, T] with a ("collector", "mask") of valid steps
+        return {"trajs_per_batch": self.hparams.episodes_per_batch}
+
+    def batch_frames(self, batch: TensorDictBase) -> int:
+        return int(batch["collector", "mask"].sum())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.loss_module.parameters(), lr=self.hparams.lr)
+
+    def prepare_batch(self, batch: TensorDictBase) -> TensorDictBase:
+        """Returns-to-go and advantages on the valid steps: ``[episodes, T]`` -> ``[valid steps]``."""
+        mask = batch["collector", "mask"]  # [E, T]
+        # padding has reward 0, so each row's return-to-go is exact; done only at episode ends
+        g = returns_to_go(batch["next", "reward"], batch["next", "done"], self.hparams.gamma)  # [E, T, 1]
+        batch.set("value_target", g)
+        steps = batch[mask]  # [N]
+        g = steps["value_target"]  # [N, 1]
+        baseline = self.hparams.baseline
+        with torch.no_grad():
+            if baseline == "value":
+                advantage = g - self.critic(steps.select("observation").clone())["state_value"]
+            elif baseline == "moving_average":
+                advantage = g - self.moving_baseline
+                self._update_moving_baseline(g.mean())
+            else:
+                advantage = g.clone()
+            if self.hparams.normalize_advantage and advantage.numel() > 1:
+                advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+        steps.set("advantage", advantage)
+        return steps
+
+    def _update_moving_baseline(self, batch_mean: torch.Tensor) -> None:
+        """b <- decay * b + (1 - decay) * mean(G); the first batch sets b to its mean."""
+        decay = self.hparams.baseline_decay if bool(self.moving_baseline_initialized) else 0.0
+        self.moving_baseline.mul_(decay).add_((1 - decay) * batch_mean)
+        self.moving_baseline_initialized.fill_(True)
+
+    def update(self, batch: TensorDictBase) -> None:
+        out = self.loss_module(batch)
+        if self.hparams.baseline != "value":
+            out = out.exclude("loss_value")  # no critic to train
+        self.optimizer_step(self.total_loss(out), self.hparams.max_grad_norm)
+        metrics = {"loss_actor": out["loss_actor"], "advantage_std": batch["advantage"].std()}
+        if "loss_value" in out:
+            metrics["loss_value"] = out["loss_value"]
+        self.accumulate(metrics)
+        self.accumulate_iteration(
+            {"baseline": float(self.moving_baseline)} if self.hparams.baseline == "moving_average" else {}
+        )

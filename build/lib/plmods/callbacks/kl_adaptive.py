@@ -1,0 +1,261 @@
+"""Adaptive KL coefficient: a callback that steers a module's KL penalty towards a target KL.
+
+Once per policy iteration the coefficient beta of a KL penalty ``beta * KL(pi_old || pi)`` is moved
+so that the KL measured over the iteration, d, tracks a target delta:
+
+- ``ppo`` (Schulman et al. 2017, "Proximal Policy Optimization Algorithms", sec. 4, KL penalty):
+  d < delta / 1.5 -> beta / 2;  d > 1.5 * delta -> 2 * beta;  otherwise beta is kept.
+- ``proportional`` (Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences",
+  sec. 2.2): e = clip(d / delta - 1, -c, c);  beta <- beta * (1 + e * n_steps / horizon).
+
+The result is clamped to ``[min_kl_coef, max_kl_coef]``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Literal
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+from plmods.errors import ConfigError, require
+
+__all__ = ["AdaptiveKL", "next_kl_coef"]
+
+RULES = ("ppo", "proportional")
+INTERVALS = ("epoch", "step")
+# what a module must expose for this callback
+PROTOCOL = ("kl_coef", "measured_kl")
+
+
+def next_kl_coef(
+    kl_coef: float,
+    measured_kl: float,
+    target_kl: float,
+    rule: str,
+    *,
+    horizon: int = 10_000,
+    n_steps: int = 1,
+    proportional_clip: float = 0.2,
+) -> float:
+    """The coefficient after one adaptation, before clamping (see the module docstring).
+
+    ``horizon``, ``n_steps`` and ``proportional_clip`` (c) are used by the ``proportional`` rule only.
+    A non-finite ``measured_kl`` raises ``ValueError``: it means the policy has diverged, and
+    either rule would silently keep or poison beta.
+    """
+    if not math.isfinite(measured_kl):
+        raise ValueError(f"measured_kl must be finite, got {measured_kl}.")
+    if rule == "ppo":
+        if measured_kl < target_kl / 1.5:
+            return kl_coef / 2.0
+        if measured_kl > 1.5 * target_kl:
+            return kl_coef * 2.0
+        return kl_coef
+    if rule == "proportional":
+        error = min(max(measured_kl / target_kl - 1.0, -proportional_clip), proportional_clip)
+        return kl_coef * (1.0 + error * n_steps / horizon)
+    raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}.")
+
+
+def _has_attribute(obj: Any, name: str) -> bool:
+    # Static lookup first: a property whose getter needs state built later (in the module's own
+    # setup, which runs after the callbacks') still counts as present. hasattr() then covers
+    # what nn.Module resolves dynamically (parameters, buffers, submodules).
+    try:
+        inspect.getattr_static(obj, name)
+    except AttributeError:
+        return hasattr(obj, name)
+    return True
+
+
+class AdaptiveKL(Callback):
+    """Adapt ``pl_module.kl_coef`` once per policy iteration from ``pl_module.measured_kl``.
+
+    Works with any LightningModule that exposes:
+
+    - ``kl_coef``: the KL coefficient beta, a float attribute or property that this callback reads
+      and assigns (a Python float); the module maps it onto its loss;
+    - ``measured_kl``: the KL measured over the last iteration (float or 0-dim tensor), or None when
+      nothing was measured, in which case the iteration is skipped. The module sets it every
+      iteration (a stale value would be used again); under DDP it must be the same on every rank.
+
+    Args:
+        target_kl: delta, the KL per iteration to steer towards (> 0).
+        rule: ``"ppo"`` (halve / double outside [delta / 1.5, 1.5 delta]) or ``"proportional"``.
+        initial_kl_coef: assigned to ``pl_module.kl_coef`` when training starts; None keeps the
+            module's own value. Ignored when resuming from a checkpoint holding this callback's state.
+        min_kl_coef: lower bound of beta (> 0: both rules are multiplicative, 0 would stick).
+        max_kl_coef: upper bound of beta (>= min_kl_coef).
+        horizon: ``proportional`` rule: optimizer steps over which a constant error changes beta by
+            a factor (1 + e).
+        proportional_clip: ``proportional`` rule: c, the bound of the relative error e.
+        interval: ``"epoch"`` adapts in ``on_train_epoch_end`` (one epoch is one iteration, as in
+            plmods); ``"step"`` in ``on_train_batch_end``, for modules whose one training step is one
+            iteration.
+        log_key: the key beta is logged under after each adaptation.
+        steps_per_update: ``proportional`` rule: n_steps; None uses the optimizer steps
+            (``trainer.global_step`` delta, at least 1) since the last adaptation.
+
+    State (checkpointed): beta, the number of adaptations and a history of
+    ``(global_step, measured_kl, kl_coef after the adaptation)`` rows.
+    """
+
+    def __init__(
+        self,
+        target_kl: float = 0.01,
+        rule: Literal["ppo", "proportional"] = "ppo",
+        initial_kl_coef: float | None = None,
+        min_kl_coef: float = 1e-4,
+        max_kl_coef: float = 100.0,
+        horizon: int = 10_000,
+        proportional_clip: float = 0.2,
+        interval: Literal["epoch", "step"] = "epoch",
+        log_key: str = "train/kl_coef",
+        steps_per_update: int | None = None,
+    ) -> None:
+        super().__init__()
+        name = "callbacks.adaptive_kl"
+        require(target_kl > 0, f"{name}.target_kl must be > 0, got {target_kl}.")
+        require(rule in RULES, f"{name}.rule must be one of {', '.join(RULES)}, got {rule!r}.")
+        require(min_kl_coef > 0, f"{name}.min_kl_coef must be > 0, got {min_kl_coef}.")
+        require(
+            max_kl_coef >= min_kl_coef,
+            f"{name}.max_kl_coef={max_kl_coef} must be >= {name}.min_kl_coef={min_kl_coef}.",
+        )
+        require(
+            initial_kl_coef is None or min_kl_coef <= initial_kl_coef <= max_kl_coef,
+            f"{name}.initial_kl_coef must be null or in [min_kl_coef, max_kl_coef] = "
+            f"[{min_kl_coef}, {max_kl_coef}], got {initial_kl_coef}.",
+        )
+        require(horizon >= 1, f"{name}.horizon must be >= 1, got {horizon}.")
+        require(proportional_clip > 0, f"{name}.proportional_clip must be > 0, got {proportional_clip}.")
+        require(interval in INTERVALS, f"{name}.interval must be one of epoch, step, got {interval!r}.")
+        require(bool(log_key), f"{name}.log_key must be a non-empty string, got {log_key!r}.")
+        require(
+            steps_per_update is None or steps_per_update >= 1,
+            f"{name}.steps_per_update must be >= 1 or null, got {steps_per_update}.",
+        )
+        self.target_kl = float(target_kl)
+        self.rule = rule
+        self.initial_kl_coef = initial_kl_coef
+        self.min_kl_coef = float(min_kl_coef)
+        self.max_kl_coef = float(max_kl_coef)
+        self.horizon = horizon
+        self.proportional_clip = float(proportional_clip)
+        self.interval = interval
+        self.log_key = log_key
+        self.steps_per_update = steps_per_update
+
+        self._kl_coef: float | None = None if initial_kl_coef is None else float(initial_kl_coef)
+        self._num_updates = 0
+        self._history: list[tuple[int, float, float]] = []
+        # global_step of the last adaptation (or of the training start): n_steps counts from it
+        self._last_step: int | None = None
+        # set by load_state_dict: the checkpoint's beta wins over initial_kl_coef at training start
+        self._restored = False
+
+    @property
+    def kl_coef(self) -> float | None:
+        """The current beta (None before training starts when no ``initial_kl_coef`` is set)."""
+        return self._kl_coef
+
+    @property
+    def num_updates(self) -> int:
+        """How many adaptations were made (iterations with ``measured_kl`` None not counted)."""
+        return self._num_updates
+
+    @property
+    def history(self) -> list[tuple[int, float, float]]:
+        """A copy of the ``(global_step, measured_kl, kl_coef)`` rows, one per adaptation."""
+        return list(self._history)
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        missing = [attr for attr in PROTOCOL if not _has_attribute(pl_module, attr)]
+        if missing:
+            raise ConfigError(
+                f"callbacks.adaptive_kl needs a LightningModule with a `kl_coef` attribute (the KL "
+                f"coefficient, read and assigned) and a `measured_kl` attribute (the last iteration's "
+                f"KL, or None); {type(pl_module).__name__} has no {', '.join(missing)}."
+            )
+
+    # on_train_start, not on_fit_start: Lightning calls on_fit_start before it restores
+    # trainer.global_step and, under strategies that restore after setup, this callback's state.
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._restored:
+            pl_module.kl_coef = self._kl_coef
+            self._restored = False
+        elif self.initial_kl_coef is not None:
+            self._kl_coef = float(self.initial_kl_coef)
+            pl_module.kl_coef = self._kl_coef
+        else:
+            self._kl_coef = float(pl_module.kl_coef)
+        if self._last_step is None:
+            self._last_step = trainer.global_step
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.interval == "step":
+            self._adapt(trainer, pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.interval == "epoch":
+            self._adapt(trainer, pl_module)
+
+    def _adapt(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        measured = pl_module.measured_kl
+        if measured is None:
+            return
+        measured = float(measured)
+        step = trainer.global_step
+        if self.steps_per_update is not None:
+            n_steps = self.steps_per_update
+        else:
+            n_steps = max(1, step - (self._last_step or 0))
+        # our float, not the module's value read back: a module storing beta in a float32 buffer
+        # would otherwise round it at every iteration and a resumed run would drift from it
+        beta = next_kl_coef(
+            float(self._kl_coef),
+            measured,
+            self.target_kl,
+            self.rule,
+            horizon=self.horizon,
+            n_steps=n_steps,
+            proportional_clip=self.proportional_clip,
+        )
+        beta = min(max(beta, self.min_kl_coef), self.max_kl_coef)
+        pl_module.kl_coef = beta
+        self._kl_coef = beta
+        self._num_updates += 1
+        self._history.append((step, measured, beta))
+        self._last_step = step
+        # batch_size=1: nothing to infer from a batch in an epoch-end hook
+        pl_module.log(self.log_key, beta, batch_size=1)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kl_coef": self._kl_coef,
+            "num_updates": self._num_updates,
+            "history": [list(row) for row in self._history],
+            "last_step": self._last_step,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._kl_coef = state_dict["kl_coef"]
+        self._num_updates = int(state_dict["num_updates"])
+        self._history = [(int(s), float(d), float(b)) for s, d, b in state_dict["history"]]
+        self._last_step = state_dict["last_step"]
+        # a checkpoint saved before training started has no beta to restore
+        self._restored = self._kl_coef is not None

@@ -1,0 +1,112 @@
+"""Weights & Biases through Lightning's ``WandbLogger``, never blocking a run.
+
+wandb prompts for a key (or hangs on the network) when it cannot log online. We decide the mode
+before the logger exists: ``auto`` goes online only with an API key *and* a reachable server,
+otherwise offline (``wandb sync`` uploads later). The run id is stored in plmods checkpoints, and
+``run.train`` passes it back here on resume so the same W&B run continues.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import socket
+from typing import Any
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import WandbLogger
+
+from plmods.errors import ConfigError
+
+__all__ = ["frames_as_x_axis", "resolve_wandb_mode", "wandb_logger"]
+
+log = logging.getLogger(__name__)
+_MODES = ("auto", "online", "offline", "disabled")
+
+
+def _has_api_key(host: str) -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def _reachable(host: str, port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_wandb_mode(mode: str = "auto", timeout: float = 2.0) -> str:
+    """``online``/``offline``/``disabled`` as asked; ``auto``: ``WANDB_MODE`` if set, else online
+    only with an API key and a server answering within ``timeout`` seconds."""
+    if mode not in _MODES:
+        raise ConfigError(f"logger.mode={mode!r} is not one of {list(_MODES)}.")
+    if mode != "auto":
+        return mode
+    env_mode = os.environ.get("WANDB_MODE")
+    if env_mode in ("online", "offline", "disabled", "dryrun"):
+        return "offline" if env_mode == "dryrun" else env_mode
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    host = url.hostname or "api.wandb.ai"
+    if not _has_api_key(host):
+        log.info("W&B: no API key found, logging offline (upload later with `wandb sync`).")
+        return "offline"
+    if not _reachable(host, url.port or 443, timeout):
+        log.info("W&B: %s unreachable, logging offline (upload later with `wandb sync`).", host)
+        return "offline"
+    return "online"
+
+
+def wandb_logger(
+    project: str = "plmods",
+    save_dir: str = ".",
+    mode: str = "auto",
+    name: str | None = None,
+    id: str | None = None,  # noqa: A002 - wandb's own argument name
+    group: str | None = None,
+    tags: list[str] | None = None,
+    log_model: bool = False,
+    **kwargs: Any,
+) -> WandbLogger:
+    """A ``WandbLogger`` whose mode is decided up front (see :func:`resolve_wandb_mode`).
+
+    Args:
+        project: W&B project.
+        save_dir: where the local ``wandb/`` run directory goes (the Hydra run dir by default).
+        mode: ``auto``, ``online``, ``offline`` or ``disabled``.
+        name: run name.
+        id: run id to resume (set from the checkpoint by ``run.train`` on resume).
+        group: run group (e.g. a sweep).
+        tags: run tags.
+        log_model: upload checkpoints as artifacts (online only).
+    """
+    resolved = resolve_wandb_mode(mode)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return WandbLogger(
+        project=project,
+        save_dir=save_dir,
+        name=name,
+        id=id,
+        group=group,
+        tags=list(tags) if tags else None,
+        offline=resolved == "offline",
+        mode=resolved,
+        log_model=log_model and resolved == "online",
+        **kwargs,
+    )
+
+
+def frames_as_x_axis(logger: WandbLogger) -> None:
+    """Plot plmods metrics against environment frames (RL's x-axis) instead of optimizer steps."""
+    experiment = logger.experiment
+    if not hasattr(experiment, "define_metric"):  # rank > 0 gets a dummy experiment
+        return
+    experiment.define_metric("frames")
+    for prefix in ("train", "val", "perf"):
+        experiment.define_metric(f"{prefix}/*", step_metric="frames", step_sync=True)

@@ -1,0 +1,3 @@
+from plmods.models.control import MLPActorCritic
+
+__all__ = ["MLPActorCritic"]

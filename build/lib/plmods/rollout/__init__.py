@@ -1,0 +1,3 @@
+from plmods.rollout.dataset import IterationDataset, iteration_loader
+
+__all__ = ["IterationDataset", "iteration_loader"]

@@ -1,0 +1,156 @@
+"""``train(cfg)``: the only code that sees the Hydra config.
+
+Instantiates env, model, algorithm module, callbacks, loggers and the Trainer from ``cfg``, fits,
+and writes ``summary.json`` into the run's output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from plmods.errors import ConfigError
+from plmods.loggers import frames_as_x_axis
+from plmods.utils import configure_torch, quiet_known_warnings
+
+__all__ = ["train"]
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that surfaces a ``ConfigError`` raised by the target itself,
+    instead of burying it in an InstantiationException traceback."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def _checkpoint_logger_version(ckpt_path: str | None) -> str | None:
+    if not ckpt_path:
+        return None
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    return checkpoint.get("plmods", {}).get("logger_version")
+
+
+def _check_ckpt_path(ckpt_path: str | None) -> None:
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise ConfigError(
+            f"ckpt_path={ckpt_path!r} does not exist. Pass the path of a .ckpt file written by a "
+            "previous run (e.g. <run dir>/checkpoints/last.ckpt), or leave ckpt_path unset."
+        )
+
+
+def _loggers(cfg: DictConfig, resume_version: str | None) -> list[Logger]:
+    loggers: list[Logger] = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is None or "_target_" not in node:
+            continue
+        kwargs = {}
+        if resume_version and node._target_.endswith("wandb_logger"):
+            kwargs["id"] = resume_version  # continue the same W&B run
+        loggers.append(_instantiate(node, **kwargs))
+        log.info("logger %s: %s", name, type(loggers[-1]).__name__)
+    return loggers
+
+
+def _callbacks(cfg: DictConfig) -> list[L.Callback]:
+    return [
+        _instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node and "_target_" in node
+    ]
+
+
+def summarize(module: Any, trainer: L.Trainer, cfg: DictConfig, process_s: float) -> dict[str, Any]:
+    """The run's headline numbers (written to ``summary.json``)."""
+    history = module.val_history
+    returns = [row["val/episode_return"] for row in history]
+    threshold = module.env_factory.solved_threshold
+    solved_row = next(
+        (row for row in history if threshold is not None and row["val/episode_return"] >= threshold), None
+    )
+    train_return = trainer.callback_metrics.get("train/episode_return")
+    return {
+        "env": module.env_factory.env_id,
+        "algo": type(module).__name__,
+        "seed": cfg.get("seed"),
+        "frames": module.frames,
+        "iterations": module.iteration,
+        "wall_s": round(module.train_seconds, 3),
+        "process_s": round(process_s, 3),
+        "val/episode_return": {
+            "final": returns[-1] if returns else None,
+            "best": max(returns) if returns else None,
+        },
+        "train/episode_return": float(train_return) if train_return is not None else None,
+        "solved_threshold": threshold,
+        "solved": solved_row is not None,
+        "solved_at": solved_row,
+        "val_history": history,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the configured module; return the summary (also written to ``<output_dir>/summary.json``)."""
+    process_start = time.perf_counter()
+    configure_torch(cfg.get("num_threads"))
+    quiet_known_warnings()
+    ckpt_path = cfg.get("ckpt_path")
+    _check_ckpt_path(ckpt_path)
+    L.seed_everything(cfg.seed, verbose=False)
+
+    env = _instantiate(cfg.env)
+    model = _instantiate(cfg.model)
+    module = _instantiate(cfg.algo, env=env, model=model)
+    callbacks = _callbacks(cfg)
+    loggers = _loggers(cfg, _checkpoint_logger_version(ckpt_path))
+    trainer: L.Trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        if isinstance(logger, WandbLogger):
+            frames_as_x_axis(logger)
+
+    # plmods checkpoints hold pickled env state and RNG states: load them as the trusted files they are
+    trainer.fit(module, ckpt_path=ckpt_path, weights_only=False)
+    last_eval = module.val_history[-1]["iteration"] if module.val_history else None
+    if last_eval != module.iteration and not trainer.interrupted:
+        trainer.validate(module, verbose=False)  # the final policy always gets evaluated
+
+    summary = summarize(module, trainer, cfg, time.perf_counter() - process_start)
+    if trainer.is_global_zero:
+        out = Path(cfg.output_dir) / "summary.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(summary, indent=2, default=str))
+        best = summary["val/episode_return"]["best"]
+        log.info(
+            "%s on %s: %d frames, %.1f s, best val return %s, solved=%s -> %s",
+            summary["algo"],
+            summary["env"],
+            summary["frames"],
+            summary["wall_s"],
+            best,
+            summary["solved"],
+            out,
+        )
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update({"solved": summary["solved"], "frames": summary["frames"]})
+        logger.finalize("success")
+    return summary

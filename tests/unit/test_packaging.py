@@ -1,0 +1,23 @@
+"""plmods installs as a regular package another project can import."""
+
+from pathlib import Path
+
+from setuptools import find_packages
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_plmods_folder_is_a_packaged_package():
+    folders = {
+        ".".join(p.relative_to(ROOT).parts)
+        for p in (ROOT / "plmods").rglob("*")
+        if p.is_dir() and p.name != "__pycache__" and any(p.glob("*.py"))
+    } | {"plmods"}
+    assert set(find_packages(str(ROOT), include=["plmods*"])) == folders
+
+
+def test_public_api_imports():
+    from plmods.algos import PPOKLModule, PPOModule, ReinforceModule, RLModule  # noqa: F401
+    from plmods.callbacks import AdaptiveKL, RLProgressBar  # noqa: F401
+    from plmods.envs import ControlEnv  # noqa: F401
+    from plmods.models import MLPActorCritic  # noqa: F401

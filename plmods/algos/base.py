@@ -97,6 +97,7 @@ class RLModule(LightningModule):
         self._collector: Collector | None = None
         self._collector_iter: Iterator[TensorDictBase] | None = None
         self._pending_rng: dict[str, Any] | None = None
+        self._env_transform_state: dict[str, Any] | None = None
         self._reset_iteration_stats()
 
     # ------------------------------------------------------------------ lifecycle
@@ -132,8 +133,16 @@ class RLModule(LightningModule):
 
     def teardown(self, stage: str) -> None:
         if self._collector is not None:
+            # keep the observation statistics: an evaluation after fit must see the trained ones
+            self._env_transform_state = self._collector.env.transform.state_dict()
             self._collector.shutdown()
             self._collector = self._collector_iter = None
+
+    def _training_transform_state(self) -> dict[str, Any] | None:
+        """The training env's transform state (e.g. VecNorm statistics), during or after fit."""
+        if self._collector is not None:
+            return self._collector.env.transform.state_dict()
+        return self._env_transform_state
 
     def on_fit_start(self) -> None:
         strategy = self.trainer.strategy
@@ -332,9 +341,10 @@ class RLModule(LightningModule):
         # a fresh env per evaluation (~20 ms): no state can leak from one evaluation to the next
         env = self.env_factory.make(num_envs=self.eval_episodes)
         try:
-            if self._collector is not None and self.env_factory.obs_norm:
+            training_state = self._training_transform_state()
+            if training_state is not None and self.env_factory.obs_norm:
                 # evaluate under the training statistics, frozen
-                env.transform.load_state_dict(self._collector.env.transform.state_dict())
+                env.transform.load_state_dict(training_state)
                 for transform in env.transform:
                     if isinstance(transform, VecNormV2):
                         transform.freeze()

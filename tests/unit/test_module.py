@@ -63,3 +63,21 @@ def test_back_to_back_evaluations_agree_with_a_trained_like_policy():
     )
     runs = [module.evaluate() for _ in range(3)]
     assert all(torch.equal(runs[0], r) for r in runs[1:])
+
+
+def test_evaluation_after_fit_keeps_the_training_observation_statistics():
+    """Regression: after teardown the collector is gone; evaluation must still normalise
+    observations with the trained statistics, not fresh ones."""
+    module = PPOModule(
+        ControlEnv("Pendulum-v1", num_envs=4, obs_norm=True),
+        frames_per_batch=64,
+        minibatch_size=32,
+        eval_episodes=2,
+    )
+    module.setup("fit")
+    for _ in range(5):
+        module.collect()
+    during = module.evaluate()
+    module.teardown("fit")
+    after = module.evaluate()
+    assert torch.equal(during, after)

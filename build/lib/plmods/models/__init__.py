@@ -1,3 +1,0 @@
-from plmods.models.control import MLPActorCritic
-
-__all__ = ["MLPActorCritic"]

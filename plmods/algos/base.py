@@ -39,6 +39,19 @@ EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never share seeds with train
 RANK_SEED_OFFSET = 10_007  # each DDP rank collects with its own seed
 
 
+def check_update_settings(lr: float, loss_critic_type: str, max_grad_norm: float | None) -> None:
+    """Validation shared by every algorithm's optimizer settings (names as in the YAML)."""
+    require(lr > 0, f"algo.lr must be > 0, got {lr}.")
+    require(
+        loss_critic_type in ("l1", "l2", "smooth_l1"),
+        f"algo.loss_critic_type must be one of l1, l2, smooth_l1, got {loss_critic_type!r}.",
+    )
+    require(
+        max_grad_norm is None or max_grad_norm > 0,
+        f"algo.max_grad_norm must be > 0 or null, got {max_grad_norm}.",
+    )
+
+
 class RLModule(LightningModule):
     """Base of the control modules. Subclasses build ``self.loss_module`` and implement
     ``prepare_batch`` (e.g. advantages) and ``update`` (the optimizer steps of one iteration).

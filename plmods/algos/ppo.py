@@ -22,7 +22,7 @@ from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacem
 from torchrl.objectives import ClipPPOLoss, LossModule
 from torchrl.objectives.value import GAE
 
-from plmods.algos.base import RLModule
+from plmods.algos.base import RLModule, check_update_settings
 from plmods.envs.control import ControlEnv
 from plmods.errors import require
 from plmods.models.control import MLPActorCritic
@@ -66,19 +66,11 @@ class PPOBase(RLModule):
             f"algo.frames_per_batch={frames_per_batch}.",
         )
         require(ppo_epochs >= 1, f"algo.ppo_epochs must be >= 1, got {ppo_epochs}.")
-        require(lr > 0, f"algo.lr must be > 0, got {lr}.")
         require(0 < gamma <= 1, f"algo.gamma must be in (0, 1], got {gamma}.")
         require(0 <= lmbda <= 1, f"algo.lmbda must be in [0, 1], got {lmbda}.")
         require(entropy_coeff >= 0, f"algo.entropy_coeff must be >= 0, got {entropy_coeff}.")
         require(critic_coeff >= 0, f"algo.critic_coeff must be >= 0, got {critic_coeff}.")
-        require(
-            loss_critic_type in ("l1", "l2", "smooth_l1"),
-            f"algo.loss_critic_type must be one of l1, l2, smooth_l1, got {loss_critic_type!r}.",
-        )
-        require(
-            max_grad_norm is None or max_grad_norm > 0,
-            f"algo.max_grad_norm must be > 0 or null, got {max_grad_norm}.",
-        )
+        check_update_settings(lr, loss_critic_type, max_grad_norm)
         super().__init__(env, model, frames_per_batch, total_frames, seed, eval_episodes)
         # records the concrete module's whole signature (Lightning reads every __init__ frame)
         self.save_hyperparameters(logger=False)

@@ -19,7 +19,7 @@ from tensordict import TensorDictBase
 from torchrl.objectives import ReinforceLoss
 from torchrl.objectives.value.functional import reward2go
 
-from plmods.algos.base import RLModule
+from plmods.algos.base import RLModule, check_update_settings
 from plmods.envs.control import ControlEnv
 from plmods.errors import require
 from plmods.models.control import MLPActorCritic
@@ -76,15 +76,7 @@ class ReinforceModule(RLModule):
         require(0 < gamma <= 1, f"algo.gamma must be in (0, 1], got {gamma}.")
         require(baseline in BASELINES, f"algo.baseline must be one of {list(BASELINES)}, got {baseline!r}.")
         require(0 <= baseline_decay < 1, f"algo.baseline_decay must be in [0, 1), got {baseline_decay}.")
-        require(lr > 0, f"algo.lr must be > 0, got {lr}.")
-        require(
-            loss_critic_type in ("l1", "l2", "smooth_l1"),
-            f"algo.loss_critic_type must be one of l1, l2, smooth_l1, got {loss_critic_type!r}.",
-        )
-        require(
-            max_grad_norm is None or max_grad_norm > 0,
-            f"algo.max_grad_norm must be > 0 or null, got {max_grad_norm}.",
-        )
+        check_update_settings(lr, loss_critic_type, max_grad_norm)
         super().__init__(env, model, frames_per_batch, total_frames, seed, eval_episodes)
         self.save_hyperparameters(logger=False)
         self.loss_module = ReinforceLoss(self.actor, self.critic, loss_critic_type=loss_critic_type)

@@ -27,9 +27,20 @@ from plmods.envs.control import ControlEnv
 from plmods.errors import require
 from plmods.models.control import MLPActorCritic
 
-__all__ = ["PPOBase", "PPOModule"]
+__all__ = ["PPOBase", "PPOModule", "approx_kl"]
 
 _LOGGED = ("loss_objective", "loss_critic", "loss_entropy", "clip_fraction", "entropy", "explained_variance")
+
+
+def approx_kl(loss_out: TensorDictBase) -> torch.Tensor:
+    """KL(pi_old || pi) by the k3 estimator, mean((ratio - 1) - log ratio) >= 0, as cleanrl and
+    SB3 log it. torchrl reports k1 = mean(log pi_old - log pi) (``kl_approx``), which can be
+    negative on a minibatch and so never trip a target-KL stop; with its ``mean_ratio``:
+    k3 = mean_ratio - 1 + k1."""
+    k1 = loss_out["kl_approx"]
+    if "mean_ratio" not in loss_out:
+        return k1
+    return loss_out["mean_ratio"].detach() - 1.0 + k1
 
 
 class PPOBase(RLModule):
@@ -118,10 +129,10 @@ class PPOBase(RLModule):
             out = self.loss_module(minibatch)
             self.optimizer_step(self.total_loss(out), self.hparams.max_grad_norm)
             metrics = {key: out[key] for key in _LOGGED if key in out}
-            metrics["approx_kl"] = out["kl_approx"]
+            metrics["approx_kl"] = approx_kl(out)
             metrics.update(self.extra_metrics(out))
             self.accumulate(metrics)
-            if self.stop_kl is not None and self._kl_exceeds(out["kl_approx"], self.stop_kl):
+            if self.stop_kl is not None and self._kl_exceeds(metrics["approx_kl"], self.stop_kl):
                 self.stopped_early = True
                 break
         self.accumulate_iteration({"stopped_early": float(self.stopped_early)})
@@ -158,7 +169,7 @@ class PPOModule(PPOBase):
         anneal_clip_epsilon: decay ``clip_epsilon`` linearly to 0 over ``total_frames``.
         clip_value: also clip the value update to ``clip_epsilon`` around the old value.
         target_kl: stop an iteration's remaining minibatch passes once the approximate KL
-            (torchrl's ``kl_approx``) of a minibatch exceeds it (``None``: off).
+            (``approx_kl``, the k3 estimator) of a minibatch exceeds it (``None``: off).
         normalize_advantage: standardise advantages per minibatch.
         entropy_coeff: weight of the entropy bonus.
         critic_coeff: weight of the value loss.

@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import instantiate
 from lightning import Trainer
 
-from plmods.algos import PPOModule, RLModule
+from plmods.algos import RLModule
 from plmods.envs import ControlEnv
 from plmods.models import MLPActorCritic
 

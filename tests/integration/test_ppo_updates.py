@@ -11,6 +11,7 @@ KW = {"frames_per_batch": 64, "minibatch_size": 16, "ppo_epochs": 3, "total_fram
 
 
 def _fit(module):
+    L.seed_everything(0, verbose=False)
     trainer = L.Trainer(
         max_epochs=-1,
         logger=False,
@@ -32,8 +33,10 @@ def test_one_optimizer_step_per_minibatch():
 
 
 def test_target_kl_stops_the_remaining_passes():
-    # a huge learning rate moves the policy far on the first minibatch
-    trainer = _fit(PPOModule(ENV, lr=0.5, anneal_lr=False, target_kl=1e-6, **KW))
+    # any update makes k3 > 0: each iteration stops after its second minibatch (the first sees
+    # the unchanged policy, k3 = 0), so 3 iterations x 2 optimizer steps
+    trainer = _fit(PPOModule(ENV, target_kl=1e-12, anneal_lr=False, **KW))
+    assert trainer.global_step == 6
     assert trainer.global_step < 36
     assert float(trainer.callback_metrics["train/stopped_early"]) == 1.0
 

@@ -99,3 +99,15 @@ def test_non_finite_loss_raises_before_the_step(module):
     out = TensorDict({"loss_objective": torch.tensor(float("nan")), "loss_critic": torch.tensor(1.0)}, [])
     with pytest.raises(FloatingPointError, match="loss_objective"):
         module.total_loss(out)
+
+
+def test_approx_kl_is_k3(module):
+    from plmods.algos.ppo import approx_kl
+
+    ratios = [0.5, 1.5, 0.5, 1.5]
+    td, _ = _batch(module, ratios, [1.0, 1.0, -1.0, -1.0], value_offsets=[0.0] * 4)
+    out = module.loss_module(td).detach()
+    # mean((r - 1) - log r)
+    expected = sum((r - 1) - math.log(r) for r in ratios) / 4
+    assert float(approx_kl(out)) == pytest.approx(expected, abs=1e-5)
+    assert expected > 0

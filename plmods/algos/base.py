@@ -141,8 +141,12 @@ class RLModule(LightningModule):
         return {}
 
     def batch_frames(self, batch: TensorDictBase) -> int:
-        """Environment frames in a collected batch (padded trajectory batches count valid steps)."""
+        """Environment frames in a collected batch."""
         return batch.numel()
+
+    def next_collector_batch(self) -> TensorDictBase:
+        """The collector's next batch (a subclass may gather several)."""
+        return next(self._collector_iter)
 
     def teardown(self, stage: str) -> None:
         if self._collector is not None:
@@ -201,7 +205,7 @@ class RLModule(LightningModule):
         if self._collector_iter is None:
             raise RuntimeError("collect() called before setup('fit') built the collector.")
         self._iter_start = time.perf_counter()
-        batch = next(self._collector_iter)
+        batch = self.next_collector_batch()
         self._collect_s = time.perf_counter() - self._iter_start
         self._iter_frames = self.batch_frames(batch)
         self.frames += self._iter_frames * self.world_size

@@ -4,8 +4,10 @@ Policy-gradient theorem with Monte-Carlo returns (seeds 001, 003):
 
     grad J = E_tau[ sum_t grad log pi(a_t | s_t) * (G_t - b_t) ],   G_t = sum_{k>=t} gamma^(k-t) r_k
 
-One update per batch of whole episodes (torchrl's ``Collector(trajs_per_batch=...)``), so every
-G_t is an exact Monte-Carlo return. Baselines: ``none`` (b = 0), ``moving_average`` (b is a running
+One update per batch of whole episodes (torchrl's ``Collector(trajs_per_batch=...,
+traj_format="cat")``: episodes concatenated along time), so every G_t is an exact Monte-Carlo
+return. The batch size is given in episodes, or in frames (whole episodes until at least that many
+frames). Baselines: ``none`` (b = 0), ``moving_average`` (b is a running
 mean of the batches' returns-to-go, updated after use so it never depends on the current actions)
 and ``value`` (b_t = V(s_t), a critic regressed on G_t).
 """
@@ -30,17 +32,20 @@ BASELINES = ("none", "moving_average", "value")
 
 
 def returns_to_go(reward: torch.Tensor, done: torch.Tensor, gamma: float) -> torch.Tensor:
-    """G_t for trajectories laid out ``[..., T, 1]`` (torchrl's ``reward2go``)."""
+    """G_t for trajectories laid out ``[..., T, 1]`` (torchrl's ``reward2go``; ``done`` ends an
+    episode, so concatenated episodes stay separate)."""
     return reward2go(reward, done, gamma, time_dim=-2)
 
 
 class ReinforceModule(RLModule):
-    """REINFORCE as a LightningModule: one epoch = ``episodes_per_batch`` episodes, one update.
+    """REINFORCE as a LightningModule: one epoch = one batch of whole episodes, one update.
 
     Args:
         env: env factory; built per rank in ``setup``.
         model: actor/critic factory (the critic is trained only with ``baseline=value``).
-        episodes_per_batch: whole episodes per policy update.
+        episodes_per_batch: whole episodes per policy update (``None``: use ``frames_per_update``).
+        frames_per_update: if set, whole episodes until at least this many frames per update
+            (instead of a number of episodes).
         frames_per_batch: collector polling size (frames stepped between trajectory checks;
             multiple of ``env.num_envs``); the update always sees whole episodes.
         total_frames: frame budget (frames of the episodes trained on).
@@ -59,7 +64,8 @@ class ReinforceModule(RLModule):
         self,
         env: ControlEnv,
         model: MLPActorCritic | None = None,
-        episodes_per_batch: int = 16,
+        episodes_per_batch: int | None = 16,
+        frames_per_update: int | None = None,
         frames_per_batch: int = 256,
         total_frames: int = 300_000,
         gamma: float = 0.99,
@@ -72,7 +78,19 @@ class ReinforceModule(RLModule):
         seed: int = 0,
         eval_episodes: int = 10,
     ) -> None:
-        require(episodes_per_batch >= 1, f"algo.episodes_per_batch must be >= 1, got {episodes_per_batch}.")
+        require(
+            (episodes_per_batch is None) != (frames_per_update is None),
+            "set exactly one of algo.episodes_per_batch and algo.frames_per_update (the other null), "
+            f"got {episodes_per_batch} and {frames_per_update}.",
+        )
+        require(
+            episodes_per_batch is None or episodes_per_batch >= 1,
+            f"algo.episodes_per_batch must be >= 1, got {episodes_per_batch}.",
+        )
+        require(
+            frames_per_update is None or frames_per_update >= 1,
+            f"algo.frames_per_update must be >= 1, got {frames_per_update}.",
+        )
         require(0 < gamma <= 1, f"algo.gamma must be in (0, 1], got {gamma}.")
         require(baseline in BASELINES, f"algo.baseline must be one of {list(BASELINES)}, got {baseline!r}.")
         require(0 <= baseline_decay < 1, f"algo.baseline_decay must be in [0, 1), got {baseline_decay}.")
@@ -85,23 +103,28 @@ class ReinforceModule(RLModule):
         self.register_buffer("moving_baseline_initialized", torch.zeros((), dtype=torch.bool))
 
     def collector_kwargs(self) -> dict[str, Any]:
-        # whole episodes, zero-padded to [episodes, T] with a ("collector", "mask") of valid steps
-        return {"trajs_per_batch": self.hparams.episodes_per_batch}
+        # whole episodes concatenated along time: [frames], episodes delimited by ("next", "done")
+        return {"trajs_per_batch": self.hparams.episodes_per_batch or 1, "traj_format": "cat"}
 
-    def batch_frames(self, batch: TensorDictBase) -> int:
-        return int(batch["collector", "mask"].sum())
+    def next_collector_batch(self) -> TensorDictBase:
+        """One batch of episodes; in frames mode, episodes until ``frames_per_update`` is reached."""
+        target = self.hparams.frames_per_update
+        if target is None:
+            return super().next_collector_batch()
+        episodes, frames = [], 0
+        while frames < target:
+            episodes.append(super().next_collector_batch())
+            frames += episodes[-1].numel()
+        return torch.cat(episodes, 0)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.loss_module.parameters(), lr=self.hparams.lr)
 
     def prepare_batch(self, batch: TensorDictBase) -> TensorDictBase:
-        """Returns-to-go and advantages on the valid steps: ``[episodes, T]`` -> ``[valid steps]``."""
-        mask = batch["collector", "mask"]  # [E, T]
-        # padding has reward 0, so each row's return-to-go is exact; done only at episode ends
-        g = returns_to_go(batch["next", "reward"], batch["next", "done"], self.hparams.gamma)  # [E, T, 1]
-        batch.set("value_target", g)
-        steps = batch[mask]  # [N]
-        g = steps["value_target"]  # [N, 1]
+        """Returns-to-go and advantages of the batch's ``N`` steps (whole episodes, in order)."""
+        steps = batch
+        g = returns_to_go(steps["next", "reward"], steps["next", "done"], self.hparams.gamma)  # [N, 1]
+        steps.set("value_target", g)
         baseline = self.hparams.baseline
         with torch.no_grad():
             if baseline == "value":

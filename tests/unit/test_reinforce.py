@@ -1,9 +1,11 @@
 """REINFORCE: returns-to-go and each baseline against hand-computed numbers.
 
-Two padded episodes, gamma = 0.5:  A: rewards [1, 1, 1]  -> G = [1.75, 1.5, 1.0]
-                                   B: rewards [1, 2] (+pad) -> G = [2.0, 2.0]
-Valid steps in order A0 A1 A2 B0 B1; mean G = 8.25 / 5 = 1.65.
+Two episodes concatenated along time (torchrl's ``traj_format="cat"``), gamma = 0.5:
+A: rewards [1, 1, 1] -> G = [1.75, 1.5, 1.0];  B: rewards [1, 2] -> G = [2.0, 2.0].
+Steps in order A0 A1 A2 B0 B1; mean G = 8.25 / 5 = 1.65.
 """
+
+import re
 
 import pytest
 import torch
@@ -24,24 +26,21 @@ def _module(**kwargs):
 
 
 def _batch():
-    mask = torch.tensor([[True, True, True], [True, True, False]])
-    done = torch.zeros(2, 3, 1, dtype=torch.bool)
-    done[0, 2] = done[1, 1] = True
+    done = torch.tensor([False, False, True, False, True]).unsqueeze(-1)
     return TensorDict(
         {
-            "observation": torch.randn(2, 3, 4),
-            "action": torch.tensor([[0, 1, 0], [1, 1, 0]]),
-            "collector": {"mask": mask},
-            "next": {"reward": torch.tensor([[[1.0], [1.0], [1.0]], [[1.0], [2.0], [0.0]]]), "done": done},
+            "observation": torch.randn(5, 4),
+            "action": torch.tensor([0, 1, 0, 1, 1]),
+            "next": {"reward": torch.tensor([[1.0], [1.0], [1.0], [1.0], [2.0]]), "done": done},
         },
-        [2, 3],
+        [5],
     )
 
 
 def test_returns_to_go_hand_computed():
     b = _batch()
     g = returns_to_go(b["next", "reward"], b["next", "done"], 0.5)
-    torch.testing.assert_close(g[b["collector", "mask"]].squeeze(-1), torch.tensor(G), atol=1e-6, rtol=0)
+    torch.testing.assert_close(g.squeeze(-1), torch.tensor(G), atol=1e-6, rtol=0)
 
 
 def test_no_baseline_advantage_is_the_return():
@@ -105,5 +104,26 @@ def test_loss_actor_is_minus_mean_logprob_times_advantage():
     ],
 )
 def test_bad_settings(kwargs, setting):
-    with pytest.raises(ConfigError, match=setting.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(setting)):
         _module(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "check"),
+    [
+        ({"episodes_per_batch": 5}, lambda batch: int(batch["next", "done"].sum()) == 5),
+        ({"episodes_per_batch": None, "frames_per_update": 300}, lambda batch: batch.numel() >= 300),
+    ],
+)
+def test_batches_are_whole_episodes(kwargs, check):
+    module = _module(**kwargs)
+    module.setup("fit")
+    batch = module.collect()
+    done = batch["next", "done"].squeeze(-1)
+    assert check(batch)
+    assert bool(done[-1])  # ends with a complete episode
+    # steps of one episode share a trajectory id, and ids change only after a done
+    ids = batch["collector", "traj_ids"]
+    assert ((ids[1:] != ids[:-1]) <= done[:-1]).all()
+    assert module.frames == batch.numel()
+    module.teardown("fit")

@@ -285,7 +285,7 @@ class RLModule(LightningModule):
     def _log_iteration(self) -> None:
         wall = time.perf_counter() - self._iter_start
         sync = self.world_size > 1
-        logs = {f"train/{k}": v / max(self._metric_count, 1) for k, v in self._metric_sums.items()}
+        logs = {f"train/{k}": self.iteration_mean(k) for k in self._metric_sums}
         logs.update({f"train/{k}": v for k, v in self._iteration_metrics.items()})
         logs["perf/fps"] = self._iter_frames * self.world_size / max(wall, 1e-9)
         logs["perf/collect_fps"] = self._iter_frames / max(self._collect_s, 1e-9)
@@ -298,6 +298,18 @@ class RLModule(LightningModule):
         if episodes is not None:
             self.log("train/episode_return", episodes[0], batch_size=1)
             self.log("train/episode_length", episodes[1], batch_size=1)
+
+    def sum_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """``value`` summed over all ranks (itself when not distributed); every rank must call it."""
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+            reduced = value.detach().to(self.device)  # NCCL reduces device tensors only
+            dist.all_reduce(reduced)
+            return reduced.to(value.device)
+        return value
+
+    def iteration_mean(self, key: str) -> torch.Tensor:
+        """Mean over this iteration's minibatches of an ``accumulate``-d scalar, on this rank."""
+        return self._metric_sums[key] / max(self._metric_count, 1)
 
     def _episode_means(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Mean return and length of the episodes that ended this iteration, over all ranks.
@@ -314,10 +326,7 @@ class RLModule(LightningModule):
                     torch.tensor(float(self._episode_returns.numel())),
                 ]
             )
-        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
-            stats = stats.to(self.device)  # NCCL reduces device tensors only
-            dist.all_reduce(stats)
-            stats = stats.cpu()
+        stats = self.sum_over_ranks(stats)
         if stats[2] == 0:
             return None
         return stats[0] / stats[2], stats[1] / stats[2]

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-import torch.distributed as dist
 from tensordict import TensorDictBase
 from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
 from torchrl.objectives import ClipPPOLoss, LossModule
@@ -144,11 +143,7 @@ class PPOBase(RLModule):
     def _kl_exceeds(self, approx_kl: torch.Tensor, limit: float) -> bool:
         """Whether the approximate KL passed ``limit``, decided identically on every rank: a rank
         that stopped alone would leave the others waiting in the gradient all-reduce."""
-        kl = approx_kl.detach().reshape(1).to(self.device)
-        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
-            dist.all_reduce(kl)
-            kl = kl / self.world_size
-        return bool(kl > limit)
+        return bool(self.sum_over_ranks(approx_kl) / self.world_size > limit)
 
 
 class PPOModule(PPOBase):

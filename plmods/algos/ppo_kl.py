@@ -105,20 +105,10 @@ class PPOKLModule(PPOBase):
         self.loss_module.beta.fill_(float(value))
 
     def update(self, batch: TensorDictBase) -> None:
-        self._kl_sum = torch.zeros(())
-        self._kl_count = 0
         super().update(batch)
-        # the iteration's KL, averaged over ranks so every rank adapts beta identically
-        kl = (self._kl_sum / max(self._kl_count, 1)).reshape(1).to(self.device)
-        if self.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(kl)
-            kl = kl / self.world_size
-        self.measured_kl = float(kl)
-        # beta itself is logged by the AdaptiveKL callback as train/kl_coef
-        self.accumulate_iteration({"kl": self.measured_kl})
+        # the iteration's mean KL (logged as train/kl), averaged over ranks so every rank adapts
+        # beta identically; beta itself is logged by the AdaptiveKL callback as train/kl_coef
+        self.measured_kl = float(self.sum_over_ranks(self.iteration_mean("kl")) / self.world_size)
 
     def extra_metrics(self, out: TensorDictBase) -> dict[str, torch.Tensor]:
-        kl = out["kl"].mean()
-        self._kl_sum = self._kl_sum + kl.detach()
-        self._kl_count += 1
-        return {}
+        return {"kl": out["kl"].mean()}

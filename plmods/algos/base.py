@@ -5,8 +5,8 @@ One Lightning epoch is one policy iteration: the train DataLoader yields one bat
 ``training_step`` runs all of that iteration's minibatch updates (manual optimization: Lightning's
 per-step machinery costs ~1.5 ms, a third of a small PPO update, so it runs once per iteration).
 
-The base owns what every on-policy algorithm shares: the torchrl collector and env lifecycle,
-evaluation in Lightning's validation loop, per-iteration metric means, the frame budget, and exact
+On top of ``IterationModule`` (the iteration loop, optimizer step, metric means), this base owns the
+torchrl collector and env lifecycle, evaluation in Lightning's validation loop, the frame budget and exact
 resume (collector/env runtime state and RNG).
 """
 
@@ -18,20 +18,17 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from lightning import LightningModule
-from lightning.pytorch.strategies import SingleDeviceStrategy
 from tensordict import TensorDictBase
-from torch.utils.data import DataLoader
 from torchrl.collectors import Collector
 from torchrl.envs import ExplorationType, VecNormV2
 
+from plmods.algos.iteration import IterationModule
 from plmods.envs.control import ControlEnv
 from plmods.envs.state import env_runtime_state, load_env_runtime_state
 from plmods.errors import require
 from plmods.models.control import MLPActorCritic
-from plmods.rollout.dataset import iteration_loader
 from plmods.rollout.evaluation import first_episode_returns
-from plmods.utils import rng_state, set_rng_state
+from plmods.utils import rng_state
 
 __all__ = ["RLModule"]
 
@@ -52,7 +49,7 @@ def check_update_settings(lr: float, loss_critic_type: str, max_grad_norm: float
     )
 
 
-class RLModule(LightningModule):
+class RLModule(IterationModule):
     """Base of the control modules. Subclasses build ``self.loss_module`` and implement
     ``prepare_batch`` (e.g. advantages) and ``update`` (the optimizer steps of one iteration).
 
@@ -75,7 +72,6 @@ class RLModule(LightningModule):
         eval_episodes: int = 10,
     ) -> None:
         super().__init__()
-        self.automatic_optimization = False
         require(frames_per_batch >= 1, f"algo.frames_per_batch must be >= 1, got {frames_per_batch}.")
         require(
             frames_per_batch % env.num_envs == 0,
@@ -103,21 +99,11 @@ class RLModule(LightningModule):
         object.__setattr__(self, "critic", critic)
 
         self.frames = 0  # global frames (all ranks)
-        self.iteration = 0
-        self.train_seconds = 0.0  # wall time inside fit, summed over resumed segments
-        self.val_history: list[dict[str, float]] = []  # one row per evaluation
-        self._fit_start: float | None = None
         self._collector: Collector | None = None
         self._collector_iter: Iterator[TensorDictBase] | None = None
-        self._pending_rng: dict[str, Any] | None = None
         self._env_transform_state: dict[str, Any] | None = None
-        self._reset_iteration_stats()
 
     # ------------------------------------------------------------------ lifecycle
-    @property
-    def world_size(self) -> int:
-        return self.trainer.world_size if self._trainer is not None else 1
-
     def setup(self, stage: str) -> None:
         if stage != "fit" or self._collector is not None:
             return
@@ -161,34 +147,9 @@ class RLModule(LightningModule):
             return self._collector.env.transform.state_dict()
         return self._env_transform_state
 
-    def on_fit_start(self) -> None:
-        strategy = self.trainer.strategy
-        self._plain_backward = isinstance(
-            strategy, SingleDeviceStrategy
-        ) and strategy.precision_plugin.precision in ("32-true", "64-true")
-        self._trained_params = [
-            p for group in self.optimizers().optimizer.param_groups for p in group["params"]
-        ]
-        self._fit_start = time.perf_counter()
-        self._fit_start_seconds = self.train_seconds
-
-    def elapsed_seconds(self) -> float:
-        """Training wall time so far, including segments before a resume."""
-        if self._fit_start is None:
-            return self.train_seconds
-        return self._fit_start_seconds + time.perf_counter() - self._fit_start
-
-    def train_dataloader(self) -> DataLoader:
-        return iteration_loader(self)
-
     # ------------------------------------------------------------------ one policy iteration
-    def next_batch(self) -> TensorDictBase:
+    def make_batch(self) -> TensorDictBase:
         """The data of one policy iteration: collect, then ``prepare_batch`` (no grad)."""
-        if self._pending_rng is not None:
-            # restored as late as possible: nothing between here and a checkpoint's save point
-            # draws from the global RNG in an uninterrupted run
-            set_rng_state(self._pending_rng)
-            self._pending_rng = None
         return self.prepare_batch(self.collect())
 
     def prepare_batch(self, batch: TensorDictBase) -> TensorDictBase:
@@ -204,9 +165,9 @@ class RLModule(LightningModule):
         """Next batch ``[num_envs, T]`` from the collector, with episode statistics recorded."""
         if self._collector_iter is None:
             raise RuntimeError("collect() called before setup('fit') built the collector.")
-        self._iter_start = time.perf_counter()
+        start = time.perf_counter()
         batch = self.next_collector_batch()
-        self._collect_s = time.perf_counter() - self._iter_start
+        self._collect_s = time.perf_counter() - start
         self._iter_frames = self.batch_frames(batch)
         self.frames += self._iter_frames * self.world_size
         done = batch["next", "done"]
@@ -215,101 +176,27 @@ class RLModule(LightningModule):
             self._episode_lengths = batch["next", "step_count"][done]
         return batch
 
-    def total_loss(self, loss_td: TensorDictBase) -> torch.Tensor:
-        """Sum of the ``loss_*`` terms of a torchrl loss output. A non-finite loss raises before
-        the optimizer step, so parameters and the last checkpoint stay good."""
-        loss = sum(value for key, value in loss_td.items() if key.startswith("loss_"))
-        if not torch.isfinite(loss):
-            terms = {k: float(v) for k, v in loss_td.items() if k.startswith("loss_")}
-            raise FloatingPointError(f"non-finite loss at iteration {self.iteration}: {terms}")
-        return loss
-
-    def optimizer_step(self, loss: torch.Tensor, max_grad_norm: float | None) -> None:
-        """One optimizer step on ``loss`` with optional global-norm gradient clipping.
-
-        On one device in full precision, plain ``loss.backward()`` and ``clip_grad_norm_`` do what
-        ``manual_backward``/``clip_gradients`` do there, without ~0.5 ms of hook dispatch per step
-        (15-20% of a small PPO update). Other strategies and precisions go through Lightning,
-        which handles gradient scaling and unscaling. ``optimizer.step()`` is Lightning's either
-        way, so ``global_step`` and optimizer hooks are kept.
-        """
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
-        if self._plain_backward:
-            loss.backward()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self._trained_params, max_grad_norm)
-        else:
-            self.manual_backward(loss)
-            if max_grad_norm is not None:
-                self.clip_gradients(optimizer, max_grad_norm, "norm")
-        optimizer.step()
-
     # ------------------------------------------------------------------ metrics
     def _reset_iteration_stats(self) -> None:
-        self._metric_sums: dict[str, torch.Tensor] = {}
-        self._metric_count = 0
-        self._iteration_metrics: dict[str, float | torch.Tensor] = {}
+        super()._reset_iteration_stats()
         self._episode_returns: torch.Tensor | None = None
         self._episode_lengths: torch.Tensor | None = None
-        self._iter_start = time.perf_counter()
         self._collect_s = 0.0
         self._iter_frames = 0
 
-    def accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
-        """Add one minibatch's scalars; ``training_step`` logs their iteration means once.
-        Logging every minibatch cost as much as the PPO update itself."""
-        for key, value in metrics.items():
-            value = value.detach()
-            self._metric_sums[key] = self._metric_sums[key] + value if key in self._metric_sums else value
-        self._metric_count += 1
-
-    def accumulate_iteration(self, metrics: dict[str, float | torch.Tensor]) -> None:
-        """Scalars measured once per iteration, logged as ``train/<key>`` with the means."""
-        self._iteration_metrics.update(metrics)
-
-    def on_train_epoch_start(self) -> None:
-        self._reset_iteration_stats()
+    def iteration_logs(self) -> dict[str, float | torch.Tensor]:
+        logs = super().iteration_logs()
+        logs["perf/fps"] = self._iter_frames * self.world_size / max(logs["perf/iteration_s"], 1e-9)
+        logs["perf/collect_fps"] = self._iter_frames / max(self._collect_s, 1e-9)
+        return logs
 
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
-        """One policy iteration: the subclass's updates on ``batch``, then the iteration's logs
-        (logged here, not at epoch end, so the progress bar and loggers see them this iteration)."""
-        self.update(batch)
-        self.iteration += 1
-        self._log_iteration()
-
-    def update(self, batch: TensorDictBase) -> None:
-        """All optimizer steps of one iteration on ``batch``; ``accumulate`` their metrics."""
-        raise NotImplementedError
-
-    def _log_iteration(self) -> None:
-        wall = time.perf_counter() - self._iter_start
-        sync = self.world_size > 1
-        logs = {f"train/{k}": self.iteration_mean(k) for k in self._metric_sums}
-        logs.update({f"train/{k}": v for k, v in self._iteration_metrics.items()})
-        logs["perf/fps"] = self._iter_frames * self.world_size / max(wall, 1e-9)
-        logs["perf/collect_fps"] = self._iter_frames / max(self._collect_s, 1e-9)
-        logs["perf/iteration_s"] = wall
-        logs["iteration"] = float(self.iteration)
-        logs["train/lr"] = self.optimizers().optimizer.param_groups[0]["lr"]
-        self.log_dict(logs, sync_dist=sync, batch_size=1)
+        super().training_step(batch, batch_idx)
         self.log("frames", float(self.frames), batch_size=1)
         episodes = self._episode_means()
         if episodes is not None:
             self.log("train/episode_return", episodes[0], batch_size=1)
             self.log("train/episode_length", episodes[1], batch_size=1)
-
-    def sum_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
-        """``value`` summed over all ranks (itself when not distributed); every rank must call it."""
-        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
-            reduced = value.detach().to(self.device)  # NCCL reduces device tensors only
-            dist.all_reduce(reduced)
-            return reduced.to(value.device)
-        return value
-
-    def iteration_mean(self, key: str) -> torch.Tensor:
-        """Mean over this iteration's minibatches of an ``accumulate``-d scalar, on this rank."""
-        return self._metric_sums[key] / max(self._metric_count, 1)
 
     def _episode_means(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Mean return and length of the episodes that ended this iteration, over all ranks.
@@ -332,16 +219,11 @@ class RLModule(LightningModule):
         return stats[0] / stats[2], stats[1] / stats[2]
 
     def on_train_epoch_end(self) -> None:
-        self.train_seconds = self.elapsed_seconds()
+        super().on_train_epoch_end()
         if self.frames >= self.total_frames:
             self.trainer.should_stop = True
 
     # ------------------------------------------------------------------ evaluation
-    def val_dataloader(self) -> DataLoader:
-        # A single item: one validation "step" runs all evaluation episodes at once. Its own
-        # generator keeps the loader's base-seed draw off the global RNG (as for training).
-        return DataLoader([0], batch_size=None, generator=torch.Generator())
-
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         returns = self.evaluate()
         sync = self.world_size > 1
@@ -394,7 +276,7 @@ class RLModule(LightningModule):
             "rng": rng_state(),
         }
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def checkpoint_state(self) -> dict[str, Any]:
         state = self._collector_state() if self._collector is not None else None
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             # every rank runs this hook; only rank 0 writes: gather each rank's own collector
@@ -402,23 +284,11 @@ class RLModule(LightningModule):
             dist.all_gather_object(per_rank, state)
         else:
             per_rank = [state]
-        checkpoint["plmods"] = {
-            "frames": self.frames,
-            "iteration": self.iteration,
-            "train_seconds": self.train_seconds,
-            "val_history": self.val_history,
-            "per_rank": per_rank,
-            "logger_version": getattr(self.logger, "version", None) if self._trainer else None,
-        }
+        return {**super().checkpoint_state(), "frames": self.frames, "per_rank": per_rank}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get("plmods")
-        if saved is None:
-            return
+    def load_checkpoint_state(self, saved: dict[str, Any]) -> None:
+        super().load_checkpoint_state(saved)
         self.frames = saved["frames"]
-        self.iteration = saved["iteration"]
-        self.train_seconds = saved["train_seconds"]
-        self.val_history = list(saved["val_history"])
         rank = self.global_rank if self._trainer is not None else 0
         per_rank = saved["per_rank"]
         state = per_rank[rank] if rank < len(per_rank) else None

@@ -4,12 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install train test test-slow test-all lint bench clean
+.PHONY: install train test test-slow test-all lint bench bench-grpo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,llm]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -32,10 +32,15 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check plmods tests bench train.py
 
-## Benchmarks (installs the bench extra: Stable-Baselines3)
+## Benchmarks (installs the bench extra: Stable-Baselines3, TRL)
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	$(PY) -m pip install --quiet -e ".[dev,llm,bench]"
 	$(PY) bench/ppo_cartpole.py $(ARGS)
+
+## GRPO throughput against TRL's GRPOTrainer (same model, same batch)
+bench-grpo: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,llm,bench]"
+	$(PY) -m bench.grpo $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

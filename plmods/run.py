@@ -76,32 +76,20 @@ def _callbacks(cfg: DictConfig) -> list[L.Callback]:
     ]
 
 
-def summarize(module: Any, trainer: L.Trainer, cfg: DictConfig, process_s: float) -> dict[str, Any]:
-    """The run's headline numbers (written to ``summary.json``)."""
-    history = module.val_history
-    returns = [row["val/episode_return"] for row in history]
-    threshold = module.env_factory.solved_threshold
-    solved_row = next(
-        (row for row in history if threshold is not None and row["val/episode_return"] >= threshold), None
-    )
-    train_return = trainer.callback_metrics.get("train/episode_return")
+def summarize(module: Any, cfg: DictConfig, process_s: float) -> dict[str, Any]:
+    """The run's headline numbers (written to ``summary.json``): what every run has, then the
+    module's own (``module.summary()``: returns for control, accuracy before/after for GRPO)."""
+    monitor = cfg.get("monitor")
+    monitored = [row[monitor] for row in module.val_history if monitor in row]
     return {
-        "env": module.env_factory.env_id,
         "algo": type(module).__name__,
         "seed": cfg.get("seed"),
-        "frames": module.frames,
         "iterations": module.iteration,
         "wall_s": round(module.train_seconds, 3),
         "process_s": round(process_s, 3),
-        "val/episode_return": {
-            "final": returns[-1] if returns else None,
-            "best": max(returns) if returns else None,
-        },
-        "train/episode_return": float(train_return) if train_return is not None else None,
-        "solved_threshold": threshold,
-        "solved": solved_row is not None,
-        "solved_at": solved_row,
-        "val_history": history,
+        **module.summary(),
+        "monitor": {"key": monitor, "best": max(monitored) if monitored else None},
+        "val_history": module.val_history,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
 
@@ -118,6 +106,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     env = _instantiate(cfg.env)
     model = _instantiate(cfg.model)
     module = _instantiate(cfg.algo, env=env, model=model)
+    monitor = cfg.get("monitor")
+    if monitor and monitor not in module.val_metrics:
+        raise ConfigError(
+            f"monitor={monitor} is not logged by {type(module).__name__}; it logs "
+            f"{', '.join(module.val_metrics)} (the experiment presets set monitor for you)."
+        )
     callbacks = _callbacks(cfg)
     loggers = _loggers(cfg, _checkpoint_logger_version(ckpt_path))
     trainer: L.Trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -133,24 +127,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if last_eval != module.iteration and not trainer.interrupted:
         trainer.validate(module, verbose=False)  # the final policy always gets evaluated
 
-    summary = summarize(module, trainer, cfg, time.perf_counter() - process_start)
+    summary = summarize(module, cfg, time.perf_counter() - process_start)
     if trainer.is_global_zero:
         out = Path(cfg.output_dir) / "summary.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(summary, indent=2, default=str))
-        best = summary["val/episode_return"]["best"]
-        log.info(
-            "%s on %s: %d frames, %.1f s, best val return %s, solved=%s -> %s",
-            summary["algo"],
-            summary["env"],
-            summary["frames"],
-            summary["wall_s"],
-            best,
-            summary["solved"],
-            out,
-        )
+        if hasattr(module, "save_policy"):
+            module.save_policy(str(Path(cfg.output_dir) / "policy"))
+        log.info("%s on %s: %s -> %s", summary["algo"], summary["env"], module.summary_line(), out)
     for logger in loggers:
         if isinstance(logger, WandbLogger):
-            logger.experiment.summary.update({"solved": summary["solved"], "frames": summary["frames"]})
+            logger.experiment.summary.update({"solved": summary["solved"], "iterations": summary["iterations"]})
         logger.finalize("success")
     return summary

@@ -37,12 +37,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def quiet_known_warnings() -> None:
     """Silence warnings that are expected in a plmods run and carry no action for the user."""
+    try:  # transformers' per-load progress bars ("Loading weights") would flood the run log
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
     # our IterableDataset defines __len__ on purpose (one batch per iteration, num_workers=0)
     warnings.filterwarnings("ignore", message=".*IterableDataset. has .__len__. defined.*")
     # before the first evaluation ModelCheckpoint cannot see val/episode_return yet
     warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
     # VecNormV2 on a batched (vectorised) env: we use it with reduce_batch_dims=True and test it
     warnings.filterwarnings("ignore", message=".*VecNormV2 for containers with non-empty batch-size.*")
+    # GRPO keeps its LM in eval mode on purpose (no dropout: sampling and scoring must agree)
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
     # deprecations inside Lightning/torchrl internals, not in plmods code
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchrl")

@@ -62,6 +62,8 @@ class RLModule(IterationModule):
         eval_episodes: deterministic evaluation episodes per validation run.
     """
 
+    val_metrics = ("val/episode_return", "val/episode_return_std")
+
     def __init__(
         self,
         env: ControlEnv,
@@ -261,6 +263,35 @@ class RLModule(IterationModule):
             )
         finally:
             env.close()
+
+    # ------------------------------------------------------------------ summary
+    def summary(self) -> dict[str, Any]:
+        """Headline numbers for ``summary.json``: frames, evaluation returns, when it was solved."""
+        returns = [row["val/episode_return"] for row in self.val_history]
+        threshold = self.env_factory.solved_threshold
+        solved_row = next(
+            (r for r in self.val_history if threshold is not None and r["val/episode_return"] >= threshold), None
+        )
+        train_return = self.trainer.callback_metrics.get("train/episode_return") if self._trainer else None
+        return {
+            "env": self.env_factory.env_id,
+            "frames": self.frames,
+            "val/episode_return": {
+                "final": returns[-1] if returns else None,
+                "best": max(returns) if returns else None,
+            },
+            "train/episode_return": float(train_return) if train_return is not None else None,
+            "solved_threshold": threshold,
+            "solved": solved_row is not None,
+            "solved_at": solved_row,
+        }
+
+    def summary_line(self) -> str:
+        s = self.summary()
+        return (
+            f"{self.frames} frames, {self.train_seconds:.1f} s, best val return "
+            f"{s['val/episode_return']['best']}, solved={s['solved']}"
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def _collector_state(self) -> dict[str, Any]:

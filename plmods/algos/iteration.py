@@ -32,6 +32,9 @@ class IterationModule(LightningModule):
     """Subclasses implement ``make_batch`` (the data of one iteration, no grad) and ``update``
     (the optimizer steps of one iteration, ``accumulate``-ing their metrics)."""
 
+    # validation metrics a checkpoint or early-stopping callback may monitor
+    val_metrics: tuple[str, ...] = ()
+
     def __init__(self) -> None:
         super().__init__()
         self.automatic_optimization = False

@@ -1,0 +1,130 @@
+"""torchrl's ``GRPOLoss`` fed by a fused response scorer, with the KL to the reference averaged
+over response tokens.
+
+``MaskedGRPOLoss`` keeps torchrl's clipped objective, asymmetric clip, aggregation, entropy bonus
+and k3 KL, and changes three things:
+
+1. Current log-probs come from ``ResponseScorer`` (one forward of the causal LM over prompt and
+   response, logits kept only at response positions) instead of ``TransformersWrapper``, whose
+   generate path forces the first token's log-prob to 0 and costs a second tokenisation.
+2. **KL averaging (a torchrl 0.14.1 bug).** ``GRPOLoss._kl_to_ref`` takes a plain mean over every
+   position of the padded tensor, prompt and padding included, so the effective beta shrinks with
+   prompt length (0.119 reported vs 0.773 over response tokens in one probe). Here the k3 KL
+   ``exp(ref - cur) - (ref - cur) - 1`` is aggregated over response tokens like the objective
+   (token mean, or per-completion mean then mean). Pinned by ``tests/unit/test_grpo_loss.py``.
+3. The logged ``entropy``, ``clip_fraction`` and ``kl_approx`` are means over response tokens too
+   (upstream dilutes them the same way); ``kl_approx`` is the k3 estimate ``mean((r - 1) - log r)``
+   of KL(pi_old || pi), as PPO's ``approx_kl`` here.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+from torch import nn
+from torchrl.modules.distributions import LLMMaskedCategorical
+from torchrl.objectives.llm import GRPOLoss
+
+__all__ = ["ResponseScorer", "MaskedGRPOLoss", "AGGREGATIONS"]
+
+# our names -> torchrl's; torchrl calls the per-completion mean "prompt_mean"
+AGGREGATIONS = {"token_mean": "token_mean", "sequence_mean": "prompt_mean"}
+
+
+class ResponseScorer(nn.Module):
+    """Response-position logits ``[N, T, V]`` of a causal LM, divided by the sampling temperature.
+
+    ``input_ids`` are left-padded prompts followed by right-padded responses; position ids are
+    counted over the attention mask exactly as ``generate`` does, so these log-probs match the
+    sampling distribution.
+    """
+
+    def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.model = model
+        self.temperature = temperature
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_response: int) -> torch.Tensor:
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)  # [N, P + T]
+        logits = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            logits_to_keep=num_response + 1,
+            use_cache=False,
+        ).logits  # [N, T + 1, V]
+        return logits[:, :-1].float() / self.temperature  # position k predicts response token k
+
+    def log_probs(self, batch: TensorDictBase) -> torch.Tensor:
+        """Per-token log-probs ``[N, T]`` of ``batch["response_tokens"]`` (0 where masked)."""
+        tokens = batch["response_tokens"]
+        logits = self(batch["input_ids"], batch["attention_mask"], tokens.shape[-1])
+        log_probs = logits.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        return log_probs.masked_fill(~batch["response_mask"], 0.0)
+
+
+class MaskedGRPOLoss(GRPOLoss):
+    """``GRPOLoss`` over a batch with keys ``input_ids``, ``attention_mask`` ``[N, P + T]``,
+    ``response_tokens``, ``response_mask``, ``old_log_probs``, ``advantage`` ``[N, T, 1]`` and,
+    when ``kl_to_ref_coeff > 0``, ``ref_log_probs`` ``[N, T]``."""
+
+    def __init__(self, scorer: ResponseScorer, **kwargs) -> None:
+        super().__init__(scorer, **kwargs)
+        self.set_keys(
+            action="response_tokens",
+            sample_log_prob="old_log_probs",
+            ref_log_probs="ref_log_probs",
+            advantage="advantage",
+        )
+
+    def _get_cur_log_prob(self, tensordict: TensorDictBase):
+        tokens = tensordict["response_tokens"]  # [N, T]
+        mask = tensordict["response_mask"]  # [N, T]
+        logits = self.actor_network(tensordict["input_ids"], tensordict["attention_mask"], tokens.shape[-1])
+        dist = LLMMaskedCategorical(logits=logits, mask=mask)
+        return dist.log_prob(tokens.masked_fill(~mask, -100)), dist, False
+
+    def _log_weight(self, tensordict: TensorDictBase, adv_shape: torch.Size):
+        log_weight, dist, kl_approx, mask = super()._log_weight(tensordict, adv_shape)
+        with torch.no_grad():
+            lw = log_weight.squeeze(-1)[mask]  # [tokens]
+            low, high = self._clip_bounds
+            self._approx_kl = (lw.exp() - 1 - lw).mean() if lw.numel() else lw.new_zeros(())
+            self._clip_fraction = ((lw < low) | (lw > high)).float().mean() if lw.numel() else lw.new_zeros(())
+        return log_weight, dist, kl_approx, mask
+
+    def _get_entropy(self, dist, adv_shape: torch.Size) -> torch.Tensor:
+        entropy = super()._get_entropy(dist, adv_shape)  # [N, T, 1], 0 where masked
+        with torch.no_grad():
+            self._entropy = entropy.squeeze(-1)[dist.mask].mean()
+        return entropy
+
+    def _kl_to_ref(
+        self,
+        tensordict: TensorDictBase,
+        key=("next", "ref_log_probs"),
+        ref_log_prob: torch.Tensor | None = None,
+        coeff: float | None = None,
+        mask: torch.Tensor | None = None,
+        dist=None,
+    ):
+        coeff = self.kl_to_ref_coeff if coeff is None else coeff
+        cur_log_prob = tensordict.get("_cur_log_prob")  # [N, T]
+        if ref_log_prob is None:
+            ref_log_prob = tensordict.get(key)
+        if ref_log_prob.shape != cur_log_prob.shape:
+            raise ValueError(f"{key} has shape {tuple(ref_log_prob.shape)}, expected {tuple(cur_log_prob.shape)}.")
+        if mask is None:
+            mask = torch.ones_like(cur_log_prob, dtype=torch.bool)
+        diff = torch.where(mask, ref_log_prob - cur_log_prob, 0.0)  # [N, T]
+        k3 = diff.expm1() - diff  # exp(d) - d - 1 >= 0, zero where masked
+        kl = self._aggregate_loss_value(k3.unsqueeze(-1), mask).reshape(())  # response tokens only
+        return coeff * kl, kl
+
+    def forward(self, tensordict: TensorDictBase):
+        out = super().forward(tensordict)
+        out.kl_approx = self._approx_kl
+        out.clip_fraction = self._clip_fraction
+        if self.entropy_bonus:
+            out.entropy = self._entropy
+        return out

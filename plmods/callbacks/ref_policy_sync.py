@@ -1,0 +1,95 @@
+"""Reference-policy sync: move a frozen reference policy towards the trained policy.
+
+Every ``sync_every`` (tau) optimizer steps::
+
+    ref <- alpha * policy + (1 - alpha) * ref          (alpha = 1: a hard copy)
+
+as in TR-DPO's soft and hard updates (Gorbatovski et al. 2024) and TRL's ``sync_ref_model``. The
+check runs after each training batch: in plmods one batch is one generation round, so the
+reference never changes in the middle of a round and no batch mixes two references (a module that
+steps several times per batch syncs at the first batch end at or after tau steps).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+from plmods.errors import ConfigError, require
+
+__all__ = ["RefPolicySync", "mix_into"]
+
+
+@torch.no_grad()
+def mix_into(ref: torch.nn.Module, policy: torch.nn.Module, alpha: float) -> None:
+    """``ref <- alpha * policy + (1 - alpha) * ref`` for every parameter and floating buffer."""
+    ref_tensors = [*ref.parameters(), *(b for b in ref.buffers() if b.is_floating_point())]
+    policy_tensors = [*policy.parameters(), *(b for b in policy.buffers() if b.is_floating_point())]
+    if len(ref_tensors) != len(policy_tensors) or any(
+        r.shape != p.shape for r, p in zip(ref_tensors, policy_tensors, strict=True)
+    ):
+        raise ValueError("ref_policy and policy have different parameter structures.")
+    if alpha == 1.0:
+        torch._foreach_copy_(ref_tensors, policy_tensors)
+    else:
+        torch._foreach_lerp_(ref_tensors, policy_tensors, alpha)  # ref + alpha * (policy - ref)
+
+
+class RefPolicySync(Callback):
+    """Sync ``pl_module.ref_policy`` towards ``pl_module.policy`` every ``sync_every`` optimizer steps.
+
+    Works with any LightningModule exposing ``policy`` and ``ref_policy`` (two ``nn.Module`` of the
+    same structure). The state (steps at the last sync, number of syncs) is saved in checkpoints;
+    the reference's weights are part of the module's own state dict.
+
+    Args:
+        sync_every: tau, optimizer steps (``trainer.global_step``) between syncs (>= 1).
+        alpha: mixing weight of the policy in (0, 1]; 1 is a hard copy.
+    """
+
+    def __init__(self, sync_every: int = 64, alpha: float = 1.0) -> None:
+        super().__init__()
+        require(sync_every >= 1, f"callbacks.ref_policy_sync.sync_every must be >= 1, got {sync_every}.")
+        require(0 < alpha <= 1, f"callbacks.ref_policy_sync.alpha must be in (0, 1], got {alpha}.")
+        self.sync_every = sync_every
+        self.alpha = float(alpha)
+        self.last_sync_step = 0
+        self.num_syncs = 0
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if getattr(pl_module, "policy", None) is None or getattr(pl_module, "ref_policy", None) is None:
+            raise ConfigError(
+                "callbacks.ref_policy_sync needs a LightningModule with `policy` and `ref_policy` modules; "
+                f"{type(pl_module).__name__} has none (for GRPO, a reference exists only when algo.kl_coef > 0)."
+            )
+
+    def should_sync(self, global_step: int) -> bool:
+        """True once ``sync_every`` optimizer steps have passed since the last sync."""
+        return global_step - self.last_sync_step >= self.sync_every
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if self.should_sync(step):
+            mix_into(pl_module.ref_policy, pl_module.policy, self.alpha)
+            self.last_sync_step = step
+            self.num_syncs += 1
+            pl_module.log("train/ref_syncs", float(self.num_syncs), batch_size=1)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_sync_step": self.last_sync_step, "num_syncs": self.num_syncs}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_sync_step = int(state_dict["last_sync_step"])
+        self.num_syncs = int(state_dict["num_syncs"])

@@ -1,0 +1,60 @@
+"""Group-relative advantages (seed 003) against hand-computed numbers."""
+
+import math
+
+import pytest
+import torch
+
+from plmods.rollout.group_advantage import GroupRelativeAdvantage
+
+EPS = 1e-4
+
+
+def test_outcome_advantage_is_group_standardised():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
+    adv = GroupRelativeAdvantage(eps=EPS).outcome(rewards)
+    # group 0: mean 0.5, unbiased std sqrt(4 * 0.25 / 3) = sqrt(1/3)
+    a0 = 0.5 / (math.sqrt(1 / 3) + EPS)
+    # group 1: mean 0.25, unbiased std sqrt((3 * 0.0625 + 0.5625) / 3) = 0.5
+    expected = torch.tensor([[a0, -a0, -a0, a0], [-0.25 / (0.5 + EPS)] * 2 + [0.75 / (0.5 + EPS), -0.25 / (0.5 + EPS)]])
+    torch.testing.assert_close(adv, expected, rtol=0, atol=1e-6)
+
+
+def test_outcome_population_std_and_centring_only():
+    rewards = torch.tensor([[2.0, 0.0]])
+    population = GroupRelativeAdvantage(eps=EPS, unbiased_std=False).outcome(rewards)
+    torch.testing.assert_close(population, torch.tensor([[1 / (1 + EPS), -1 / (1 + EPS)]]), rtol=0, atol=1e-6)
+    centred = GroupRelativeAdvantage(std_normalize=False).outcome(rewards)
+    torch.testing.assert_close(centred, torch.tensor([[1.0, -1.0]]), rtol=0, atol=0)
+
+
+def test_outcome_all_equal_group_has_zero_advantage():
+    adv = GroupRelativeAdvantage().outcome(torch.ones(1, 5))
+    assert torch.equal(adv, torch.zeros(1, 5))
+
+
+def test_process_advantage_sums_normalised_rewards_of_later_steps():
+    # one group of two completions; steps as (index of the step's last token, reward)
+    steps = [[[(1, 1.0), (3, 0.0)], [(2, 1.0)]]]
+    adv = GroupRelativeAdvantage(eps=EPS).process(steps, num_tokens=5)
+    # R = {1, 0, 1}: mean 2/3, unbiased std sqrt(((1/3)^2 * 2 + (2/3)^2) / 2) = sqrt(1/3)
+    std = math.sqrt(1 / 3) + EPS
+    hi, lo = (1 - 2 / 3) / std, (0 - 2 / 3) / std
+    expected = torch.tensor(
+        [
+            [[hi + lo, hi + lo, lo, lo, 0.0], [hi, hi, hi, 0.0, 0.0]],
+        ]
+    )
+    torch.testing.assert_close(adv, expected, rtol=0, atol=1e-6)
+
+
+def test_process_advantage_without_steps_is_zero():
+    adv = GroupRelativeAdvantage().process([[[], []]], num_tokens=3)
+    assert torch.equal(adv, torch.zeros(1, 2, 3))
+
+
+@pytest.mark.parametrize("ind", [7, 100])
+def test_process_step_beyond_the_completion_covers_all_tokens(ind):
+    adv = GroupRelativeAdvantage(std_normalize=False).process([[[(ind, 1.0)], [(0, 0.0)]]], num_tokens=4)
+    torch.testing.assert_close(adv[0, 0], torch.full((4,), 0.5))
+    torch.testing.assert_close(adv[0, 1], torch.tensor([-0.5, 0.0, 0.0, 0.0]))

@@ -1,0 +1,170 @@
+"""GRPOModule pieces on a very small LM: sampling log-probs, masks, one real update."""
+
+import random
+
+import pytest
+import torch
+from lightning import Trainer
+
+from plmods.algos.grpo import GRPOModule
+from plmods.envs.text import AdditionTask, CountdownTask, solve_countdown
+from plmods.errors import ConfigError
+from plmods.models.lm import TinyCausalLM
+
+SMALL = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+
+
+def length_reward(prompts, completions, **_):
+    """A reward every sampled group disagrees on: the completion's length."""
+    return [float(len(c)) for c in completions]
+
+
+def _module(**kwargs) -> GRPOModule:
+    defaults = dict(
+        env=AdditionTask(),
+        model=TinyCausalLM(**SMALL),
+        rewards={"length": length_reward},
+        sft=None,
+        prompts_per_batch=4,
+        group_size=4,
+        eval_problems=8,
+        eval_batch_size=8,
+        total_iterations=1,
+        lr=1e-3,
+    )
+    defaults.update(kwargs)
+    return GRPOModule(**defaults)
+
+
+def _fit(module: GRPOModule) -> Trainer:
+    trainer = Trainer(
+        max_epochs=module.total_iterations, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(module)
+    return trainer
+
+
+def test_sampler_log_probs_match_a_full_forward_with_left_padding():
+    module = _module()
+    torch.manual_seed(0)
+    batch = module.generate(["1+2=", "33+44=", "5+66="], repeats=2, old_log_probs=True)
+    assert (batch["attention_mask"][:, 0] == 0).any()  # some prompts are left-padded
+    with torch.no_grad():
+        full = module.loss_module.actor_network.log_probs(batch)
+    torch.testing.assert_close(batch["old_log_probs"], full, rtol=0, atol=1e-5)
+
+
+def test_response_mask_ends_at_the_first_eos():
+    module = _module()
+    eos, pad = module.tokenizer.eos_token_id, module.tokenizer.pad_token_id
+    responses = torch.tensor([[8, 9, eos, 10], [11, 12, 13, 14]])  # a fixed "sample"
+
+    def fake_generate(input_ids, **_):
+        return type("Out", (), {"sequences": torch.cat([input_ids, responses], -1)})()
+
+    module.policy.generate = fake_generate
+    batch = module.generate(["a"], repeats=2)
+    assert batch["response_mask"].tolist() == [[True, True, True, False], [True, True, True, True]]
+    assert batch["response_tokens"][0].tolist() == [8, 9, eos, pad]
+
+
+def test_every_trainable_parameter_changes_after_one_iteration():
+    module = _module()
+    before = {name: p.detach().clone() for name, p in module.policy.named_parameters()}
+    _fit(module)
+    assert module.trainer.global_step == module.num_iterations  # mu optimizer steps
+    for name, p in module.policy.named_parameters():
+        assert not torch.equal(p, before[name]), f"{name} did not change"
+
+
+def test_beta_zero_builds_no_reference_and_beta_positive_freezes_one():
+    assert _module(kl_coef=0.0).ref_policy is None
+    module = _module(kl_coef=0.1)
+    assert all(not p.requires_grad for p in module.ref_policy.parameters())
+    optimized = {id(p) for g in module.configure_optimizers().param_groups for p in g["params"]}
+    assert optimized == {id(p) for p in module.policy.parameters()}
+    before = [p.clone() for p in module.ref_policy.parameters()]
+    _fit(module)
+    assert all(torch.equal(a, b) for a, b in zip(before, module.ref_policy.parameters(), strict=True))
+    assert module.measured_kl is not None and module.measured_kl >= 0
+
+
+def test_uniform_groups_are_dropped():
+    module = _module(rewards={"zero": lambda prompts, completions, **_: [0.0] * len(completions)})
+    batch = module.make_batch()
+    assert batch.shape[0] == 0
+    assert float(module._iteration_metrics["groups_kept"]) == 0.0
+
+
+def test_process_advantages_follow_step_ends():
+    module = _module(
+        env=CountdownTask(), rewards={"correct": "plmods.rewards.countdown_answer"},
+        advantage="process", process_reward="plmods.rewards.countdown_steps", drop_uniform_groups=False,
+    )  # fmt: skip
+    batch = module.make_batch()
+    adv = batch["advantage"].squeeze(-1)  # [N, T]
+    assert adv.shape == batch["response_tokens"].shape
+    # after a completion's last step the advantage is 0 (nothing at or after those tokens)
+    assert torch.all(adv[~batch["response_mask"]] == 0)
+
+
+def test_steps_map_characters_to_tokens():
+    module = _module()
+    tokens = torch.tensor(module.tokenizer("7*3=21\n21+5=26", add_special_tokens=False)["input_ids"])
+    assert module._steps_to_tokens([(6, 1.0), (14, 2.0)], tokens) == [(5, 1.0), (13, 2.0)]
+
+
+def test_evaluation_is_reproducible_and_leaves_the_rng_alone():
+    module = _module()
+    state = torch.get_rng_state()
+    first, second = module.evaluate(), module.evaluate()
+    assert torch.equal(state, torch.get_rng_state())
+    assert [s["completion"] for s in first["samples"]] == [s["completion"] for s in second["samples"]]
+
+
+def test_heldout_problems_are_never_drawn_for_training():
+    task = AdditionTask(digits=1)
+    heldout = task.heldout(20, seed=1)
+    task.exclude(heldout)
+    drawn = {p["prompt"] for p in task.sample(2000, random.Random(0))}
+    assert drawn and not drawn & {p["prompt"] for p in heldout}
+
+
+def test_countdown_demonstrations_solve_the_problems():
+    task = CountdownTask()
+    rng = random.Random(0)
+    from plmods.rewards import countdown_answer
+
+    problems = [task.draw(rng) for _ in range(50)]
+    demos = [task.demonstration(p) for p in problems]
+    solved = [p for p, d in zip(problems, demos, strict=True) if d]
+    assert len(solved) >= 45
+    rewards = countdown_answer(
+        None, [task.demonstration(p) for p in solved], numbers=[p["numbers"] for p in solved],
+        target=[p["target"] for p in solved],
+    )  # fmt: skip
+    assert rewards == [1.0] * len(solved)
+    assert solve_countdown([2, 3], 7) is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(group_size=1), "algo.group_size must be >= 2"),
+        (dict(aggregation="sum"), "algo.aggregation must be one of token_mean, sequence_mean"),
+        (dict(advantage="process"), "algo.process_reward must be set exactly when algo.advantage=process"),
+        (dict(accuracy_reward="nope"), "algo.accuracy_reward='nope' is not one of algo.rewards"),
+        (dict(clip_epsilon=1.5), "algo.clip_epsilon must be in"),
+        (dict(kl_coef=-1.0), "algo.kl_coef must be >= 0"),
+    ],
+)
+def test_bad_settings_name_the_setting(kwargs, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        _module(**kwargs)
+
+
+def test_kl_coef_cannot_be_adapted_without_reference():
+    module = _module(kl_coef=0.0)
+    with pytest.raises(ConfigError, match="no reference policy"):
+        module.kl_coef = 0.1

@@ -6,9 +6,9 @@ import pytest
 from hydra.utils import instantiate
 from lightning import Trainer
 
-from plmods.algos import RLModule
-from plmods.envs import ControlEnv
-from plmods.models import MLPActorCritic
+from plmods.algos import GRPOModule, RLModule
+from plmods.envs import ControlEnv, TextTask
+from plmods.models import MLPActorCritic, TinyCausalLM
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -17,16 +17,27 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
 
 
+def _lm_fast(experiment: str) -> tuple[str, ...]:
+    # language presets: a tiny LM and a short SFT so that building the module stays cheap
+    return ("debug=fast_lm", "algo.sft.cache_dir=null") if experiment.startswith("grpo") else ()
+
+
 @pytest.mark.parametrize("experiment", _options("experiment"))
 def test_experiments_instantiate(compose_cfg, experiment):
-    cfg = compose_cfg(f"experiment={experiment}")
+    cfg = compose_cfg(f"experiment={experiment}", *_lm_fast(experiment))
     env = instantiate(cfg.env)
     model = instantiate(cfg.model)
     module = instantiate(cfg.algo, env=env, model=model)
-    assert isinstance(env, ControlEnv) and isinstance(model, MLPActorCritic)
-    assert isinstance(module, RLModule)
+    if experiment.startswith("grpo"):
+        assert isinstance(env, TextTask) and isinstance(model, TinyCausalLM)
+        assert isinstance(module, GRPOModule)
+        assert module.hparams.total_iterations == cfg.algo.total_iterations
+    else:
+        assert isinstance(env, ControlEnv) and isinstance(model, MLPActorCritic)
+        assert isinstance(module, RLModule)
+        assert module.hparams.total_frames == cfg.algo.total_frames
     assert f"{type(module).__module__}.{type(module).__name__}".endswith(cfg.algo._target_.split(".")[-1])
-    assert module.hparams.total_frames == cfg.algo.total_frames
+    assert cfg.monitor in module.val_metrics  # what best.ckpt and early stopping watch
     assert cfg.task_name == experiment
 
 
@@ -34,7 +45,10 @@ def test_experiments_instantiate(compose_cfg, experiment):
 def test_env_options_instantiate(compose_cfg, env):
     cfg = compose_cfg(f"env={env}")
     factory = instantiate(cfg.env)
-    assert factory.env_id.split("-")[0].lower() == env
+    if isinstance(factory, TextTask):
+        assert factory.name == env
+    else:
+        assert factory.env_id.split("-")[0].lower() == env
 
 
 @pytest.mark.parametrize("trainer", _options("trainer"))
@@ -81,7 +95,8 @@ def test_algo_yaml_mirrors_module_signature(compose_cfg, algo):
 
     from hydra.utils import get_class
 
-    cfg = compose_cfg(f"algo={algo}")
+    overrides = ("env=addition", "model=tiny_lm", *_lm_fast("grpo")) if algo == "grpo" else ()
+    cfg = compose_cfg(f"algo={algo}", *overrides)
     cls = get_class(cfg.algo._target_)
     params = set(inspect.signature(cls.__init__).parameters) - {"self", "env", "model"}
     assert set(cfg.algo) - {"_target_"} == params

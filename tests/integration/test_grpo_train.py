@@ -1,0 +1,106 @@
+"""GRPO through the real train.py: presets, callbacks, process supervision, exact resume, bad input."""
+
+import csv
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+LM_FAST = ("debug=fast_lm", "+algo.rewards.length=tests.rewards_for_tests.length_reward")
+
+
+def _metrics(run) -> list[dict[str, str]]:
+    (path,) = run.run_dir.glob("csv/*/metrics.csv")
+    return list(csv.DictReader(path.open()))
+
+
+def _column(rows, key) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key)]
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return f"algo.sft.cache_dir={tmp_path / 'sft'}"
+
+
+def test_grpo_addition_preset_smoke(run_train, cache):
+    run = run_train("experiment=grpo_addition", *LM_FAST, cache)
+    s = run.summary
+    assert s["algo"] == "GRPOModule" and s["env"] == "addition" and s["iterations"] == 4
+    assert s["monitor"]["key"] == "val/accuracy"
+    # before (iteration 0) and after, on the same held-out problems
+    assert [row["iteration"] for row in s["val_history"]] == [0, 2, 4]
+    for key in ("val/accuracy", "val/reward_mean"):
+        assert s[key]["before"] is not None and s[key]["after"] is not None
+    assert s["sft"]["steps"] == 20 and len(s["samples"]) == 4
+    rows = _metrics(run)
+    assert len(_column(rows, "train/loss_objective")) == 4  # every iteration updated
+    assert all(0 <= v <= 1 for v in _column(rows, "train/clip_fraction"))
+    assert _column(rows, "train/reward/length") and _column(rows, "train/reward/correct")
+    assert _column(rows, "perf/generated_tokens_per_s")
+    assert (run.run_dir / "policy" / "model.safetensors").is_file()
+    assert (run.run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_grpo_with_reference_sync_and_adaptive_beta(run_train, cache):
+    run = run_train(
+        "experiment=grpo_addition", *LM_FAST, cache, "algo.kl_coef=0.05",
+        "callbacks=[default,ref_policy_sync,adaptive_kl]", "callbacks.ref_policy_sync.sync_every=4",
+    )  # fmt: skip
+    rows = _metrics(run)
+    assert len(_column(rows, "train/kl_to_ref")) == 4
+    betas = _column(rows, "train/kl_coef")
+    assert len(betas) == 4 and min(abs(betas[0] - b) for b in (0.025, 0.05, 0.1)) < 1e-6  # halved, kept or doubled
+    assert _column(rows, "train/ref_syncs")[-1] == 2  # steps 4 and 8 (mu = 2 per iteration)
+    ckpt = torch.load(run.run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    states = {k.split("{")[0]: v for k, v in ckpt["callbacks"].items()}
+    assert states["RefPolicySync"] == {"last_sync_step": 8, "num_syncs": 2}
+    assert ckpt["plmods"]["kl_coef"] == pytest.approx(betas[-1])
+    # the reference is in the checkpoint and equals the policy right after the last sync
+    ref = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("ref_policy.")}
+    assert ref
+
+
+def test_countdown_with_process_supervision(run_train, cache):
+    run = run_train(
+        "experiment=grpo_countdown", *LM_FAST, cache,
+        "algo.advantage=process", "algo.process_reward=plmods.rewards.countdown_steps",
+    )  # fmt: skip
+    assert run.summary["env"] == "countdown" and run.summary["iterations"] == 4
+
+
+def test_grpo_resume_is_exact(run_train, tmp_path, cache):
+    args = (
+        "experiment=grpo_addition", *LM_FAST, cache, "logger=none", "algo.kl_coef=0.05",
+        "callbacks=[default,ref_policy_sync,adaptive_kl]", "callbacks.ref_policy_sync.sync_every=3",
+    )  # fmt: skip
+    full = run_train(*args, run_dir=tmp_path / "full")
+    part = run_train(*args, "trainer.max_epochs=2", run_dir=tmp_path / "part")
+    assert part.summary["iterations"] == 2
+    resumed = run_train(*args, f"ckpt_path={part.run_dir / 'checkpoints' / 'last.ckpt'}", run_dir=tmp_path / "resumed")
+    a = load_file(full.run_dir / "policy" / "model.safetensors")
+    b = load_file(resumed.run_dir / "policy" / "model.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    ca = torch.load(full.run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    cb = torch.load(resumed.run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    for key in ca["state_dict"]:
+        assert torch.equal(ca["state_dict"][key], cb["state_dict"][key]), key
+    assert ca["plmods"]["kl_coef"] == cb["plmods"]["kl_coef"]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
+    assert strip(full.summary["val_history"]) == strip(resumed.summary["val_history"])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (("algo=grpo",), "algo=grpo needs a text task (env=addition or env=countdown)"),
+        (("experiment=grpo_addition", "monitor=val/episode_return"), "monitor=val/episode_return is not logged by GRPOModule"),
+        (("experiment=grpo_addition", "model.path=/nonexistent"), "model.path='/nonexistent' is not a local directory"),
+    ],
+)
+def test_bad_grpo_settings_exit_before_training(run_train, overrides, message):
+    run = run_train(*overrides, "algo.sft.cache_dir=null", expect_ok=False)
+    assert run.proc.returncode == 2, run.output[-2000:]
+    assert message in run.output
+    assert not (run.run_dir / "summary.json").exists()

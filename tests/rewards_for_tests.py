@@ -1,0 +1,6 @@
+"""A reward every sampled group disagrees on, so smoke runs always update (importable by dotted
+path from train.py runs: ``tests.rewards_for_tests.length_reward``)."""
+
+
+def length_reward(prompts, completions, **_):
+    return [float(len(c)) for c in completions]

@@ -7,6 +7,10 @@ threshold (runs that never got there are left out of those two medians), and the
 and best evaluation return (10 deterministic episodes).
 
     .venv/bin/python bench/learning.py --experiments ppo_cartpole,reinforce_cartpole --seeds 0,1,2
+    .venv/bin/python bench/learning.py --experiments grpo_addition --seeds 0,1,2
+
+Language presets (GRPO) report the held-out accuracy and mean reward before (after the SFT
+warm-up) and after training instead.
 """
 
 from __future__ import annotations
@@ -36,7 +40,30 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def summarize_lm(experiment: str, runs: list[dict]) -> dict:
+    """Language presets: held-out accuracy of sampled answers before (after the SFT warm-up) and after."""
+    return {
+        "experiment": experiment,
+        "env": runs[0]["env"],
+        "algo": runs[0]["algo"],
+        "seeds": [r["seed"] for r in runs],
+        "median_accuracy_before": _median([r["val/accuracy"]["before"] for r in runs]),
+        "median_accuracy_after": _median([r["val/accuracy"]["after"] for r in runs]),
+        "median_reward_before": _median([r["val/reward_mean"]["before"] for r in runs]),
+        "median_reward_after": _median([r["val/reward_mean"]["after"] for r in runs]),
+        "median_wall_s": _median([r["wall_s"] for r in runs]),
+        "median_sft_s": _median([r["sft"].get("seconds") for r in runs if r["sft"] and r["sft"].get("seconds")]),
+        "per_seed": [
+            {"seed": r["seed"], "iterations": r["iterations"], "wall_s": r["wall_s"], "sft": r["sft"]}
+            | {"accuracy": r["val/accuracy"], "reward_mean": r["val/reward_mean"]}
+            for r in runs
+        ],
+    }
+
+
 def summarize(experiment: str, runs: list[dict]) -> dict:
+    if "val/accuracy" in runs[0]:
+        return summarize_lm(experiment, runs)
     solved = [r for r in runs if r["solved"]]
     return {
         "experiment": experiment,
@@ -77,6 +104,16 @@ def main() -> None:
             runs = [run_one(experiment, seed, args.overrides, Path(tmp)) for seed in seeds]
             results.append(summarize(experiment, runs))
             r = results[-1]
+            if "median_accuracy_after" in r:
+                print(
+                    f"{experiment:22s} {r['env']:12s} held-out accuracy {r['median_accuracy_before']:.3f} -> "
+                    f"{r['median_accuracy_after']:.3f}, reward {r['median_reward_before']:.3f} -> "
+                    f"{r['median_reward_after']:.3f} (GRPO {r['median_wall_s']:.1f} s; per seed "
+                    + ", ".join(f"{p['accuracy']['before']:.3f}->{p['accuracy']['after']:.3f}" for p in r["per_seed"])
+                    + ")",
+                    flush=True,
+                )
+                continue
             print(
                 f"{experiment:22s} {r['env']:12s} solved {r['solved']:5s} "
                 f"frames-to-solve {_fmt(r['median_frames_to_solve'], ',.0f'):>9s} "

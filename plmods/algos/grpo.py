@@ -245,8 +245,9 @@ class GRPOModule(IterationModule):
         ``response_mask`` (tokens up to and including eos) and, if asked, ``old_log_probs``
         computed from the sampler's own logits (the policy that sampled: no second forward)."""
         prompt_ids, prompt_mask = tokenize_prompts(self.tokenizer, prompts)
-        prompt_ids = prompt_ids.repeat_interleave(repeats, 0)  # [N, P]
-        prompt_mask = prompt_mask.repeat_interleave(repeats, 0)
+        device = self.policy.device
+        prompt_ids = prompt_ids.repeat_interleave(repeats, 0).to(device)  # [N, P]
+        prompt_mask = prompt_mask.repeat_interleave(repeats, 0).to(device)
         out = self.policy.generate(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
@@ -262,6 +263,7 @@ class GRPOModule(IterationModule):
             response_tokens=response,
             response_mask=response_mask,
             batch_size=[response.shape[0]],
+            device=device,
         )
         if old_log_probs:
             logits = torch.stack(out.logits, 1).float() / self.temperature  # [N, T, V]
@@ -285,7 +287,7 @@ class GRPOModule(IterationModule):
         generate_s = time.perf_counter() - start
         repeated = [p for p in problems for _ in range(self.group_size)]
         texts = self.completions(batch)
-        rewards, terms = self.score(repeated, texts)  # [N]
+        rewards, terms = self.score(repeated, texts)  # [N], on the CPU
         B, G, T = len(problems), self.group_size, batch["response_tokens"].shape[-1]
         if self.advantage == "outcome":
             advantage = self.group_advantage.outcome(rewards.view(B, G)).reshape(-1, 1, 1).expand(-1, T, 1)
@@ -295,7 +297,8 @@ class GRPOModule(IterationModule):
             token_steps = [self._steps_to_tokens(s, row) for s, row in zip(steps, batch["response_tokens"], strict=True)]
             grouped = [token_steps[b * G : (b + 1) * G] for b in range(B)]
             advantage = self.group_advantage.process(grouped, T).reshape(-1, T, 1)
-        batch["advantage"] = advantage.contiguous()  # [N, T, 1]
+        batch["advantage"] = advantage.contiguous().to(batch.device)  # [N, T, 1]
+        batch["prompt_group"] = torch.arange(B, device=batch.device).repeat_interleave(G)  # each prompt runs once
         keep = torch.ones(B, dtype=torch.bool)
         if self.drop_uniform_groups and self.world_size == 1:
             # all-equal groups have zero advantage; under DDP every rank must run the same number
@@ -303,7 +306,7 @@ class GRPOModule(IterationModule):
             keep = rewards.view(B, G).std(-1) > 0
         if self.ref_policy is not None:
             batch["ref_log_probs"] = ResponseScorer(self.ref_policy, self.temperature).log_probs(batch)
-        response_tokens = batch["response_mask"].sum()
+        response_tokens = batch["response_mask"].sum().cpu()
         self.accumulate_iteration(
             {
                 "reward": rewards.mean(),
@@ -314,7 +317,7 @@ class GRPOModule(IterationModule):
             }
         )
         self._perf = {"perf/generate_s": generate_s, "perf/generated_tokens_per_s": float(response_tokens) / max(generate_s, 1e-9)}
-        return batch[keep.repeat_interleave(G)]  # [N_kept]
+        return batch[keep.repeat_interleave(G).to(batch.device)]  # [N_kept]
 
     def _steps_to_tokens(self, steps: list[tuple[int, float]], tokens: torch.Tensor) -> list[tuple[int, float]]:
         """Step ends in characters -> the index of the token that completes each step."""
@@ -329,7 +332,7 @@ class GRPOModule(IterationModule):
         n = batch.shape[0]
         size = self.minibatch_size or max(n, 1)
         for _ in range(self.num_iterations if n else 0):
-            order = torch.randperm(n) if size < n else torch.arange(n)
+            order = torch.randperm(n, device=batch.device) if size < n else torch.arange(n, device=batch.device)
             for first in range(0, n, size):
                 minibatch = batch[order[first : first + size]]
                 # drop columns that are padding in every row of this minibatch

@@ -37,6 +37,13 @@ class ResponseScorer(nn.Module):
     ``input_ids`` are left-padded prompts followed by right-padded responses; position ids are
     counted over the attention mask exactly as ``generate`` does, so these log-probs match the
     sampling distribution.
+
+    **Shared prompts.** GRPO scores G completions of each prompt. With ``prompt_group`` (a group
+    id per row; rows of a group share their prompt) the prompt is run once per group, with
+    gradients, and its key/value cache is gathered to every row of the group before the responses
+    run on top of it: B * P + N * T tokens instead of N * (P + T) (2.3x fewer for 2-digit addition
+    with G = 8). Gradients flow through the gathered cache into the prompt computation, so the
+    loss and its gradient equal the plain forward's (tested to 1e-5).
     """
 
     def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
@@ -44,7 +51,15 @@ class ResponseScorer(nn.Module):
         self.model = model
         self.temperature = temperature
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_response: int) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        num_response: int,
+        prompt_group: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if prompt_group is not None:
+            return self._shared_prompt_forward(input_ids, attention_mask, num_response, prompt_group)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)  # [N, P + T]
         logits = self.model(
             input_ids=input_ids,
@@ -55,10 +70,45 @@ class ResponseScorer(nn.Module):
         ).logits  # [N, T + 1, V]
         return logits[:, :-1].float() / self.temperature  # position k predicts response token k
 
+    def _shared_prompt_forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_response: int, prompt_group: torch.Tensor
+    ) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        T = num_response
+        P = input_ids.shape[1] - T
+        _, inverse = torch.unique(prompt_group, return_inverse=True)  # row -> unique prompt
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        first = torch.full((int(inverse.max()) + 1,), input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+        first = first.scatter_reduce(0, inverse, rows, "amin")  # [B]: the first row of each prompt
+        prompt_mask = attention_mask[first, :P]  # [B, P]
+        cache = DynamicCache()
+        prefill = self.model(
+            input_ids=input_ids[first, :P],
+            attention_mask=prompt_mask,
+            position_ids=(prompt_mask.cumsum(-1) - 1).clamp_min(0),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache.batch_select_indices(inverse)  # [B, ...] -> [N, ...], differentiable gather
+        first_logits = prefill.logits[inverse]  # [N, 1, V]: predicts response token 0
+        if T == 1:
+            return first_logits.float() / self.temperature
+        start = attention_mask[:, :P].sum(-1, keepdim=True)  # [N, 1] valid prompt tokens
+        rest = self.model(
+            input_ids=input_ids[:, P : P + T - 1],
+            attention_mask=attention_mask[:, : P + T - 1],
+            position_ids=start + torch.arange(T - 1, device=input_ids.device),
+            past_key_values=cache,
+            use_cache=True,
+        ).logits  # [N, T - 1, V]: predict response tokens 1..T-1
+        return torch.cat([first_logits, rest], 1).float() / self.temperature
+
     def log_probs(self, batch: TensorDictBase) -> torch.Tensor:
         """Per-token log-probs ``[N, T]`` of ``batch["response_tokens"]`` (0 where masked)."""
         tokens = batch["response_tokens"]
-        logits = self(batch["input_ids"], batch["attention_mask"], tokens.shape[-1])
+        logits = self(batch["input_ids"], batch["attention_mask"], tokens.shape[-1], batch.get("prompt_group", None))
         log_probs = logits.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
         return log_probs.masked_fill(~batch["response_mask"], 0.0)
 
@@ -80,7 +130,9 @@ class MaskedGRPOLoss(GRPOLoss):
     def _get_cur_log_prob(self, tensordict: TensorDictBase):
         tokens = tensordict["response_tokens"]  # [N, T]
         mask = tensordict["response_mask"]  # [N, T]
-        logits = self.actor_network(tensordict["input_ids"], tensordict["attention_mask"], tokens.shape[-1])
+        logits = self.actor_network(
+            tensordict["input_ids"], tensordict["attention_mask"], tokens.shape[-1], tensordict.get("prompt_group", None)
+        )
         dist = LLMMaskedCategorical(logits=logits, mask=mask)
         return dist.log_prob(tokens.masked_fill(~mask, -100)), dist, False
 

@@ -36,3 +36,15 @@ def test_ddp_two_ranks_collect_separately_and_resume(run_train, tmp_path):
     )
     assert resumed.summary["frames"] == 512
     assert resumed.summary["iterations"] == 4
+
+
+def test_grpo_ddp_ranks_draw_their_own_prompts(run_train, tmp_path):
+    run = run_train(
+        "experiment=grpo_addition", "debug=fast_lm", "trainer=ddp_sim", "logger=none",
+        "+algo.rewards.length=tests.rewards_for_tests.length_reward", f"algo.sft.cache_dir={tmp_path / 'sft'}",
+    )  # fmt: skip
+    assert run.summary["iterations"] == 4
+    ckpt = torch.load(run.run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    per_rank = ckpt["plmods"]["per_rank"]
+    assert len(per_rank) == 2 and per_rank[0]["prompt_rng"] != per_rank[1]["prompt_rng"]
+    assert ckpt["global_step"] == 4 * 2  # both ranks stepped together: mu = 2 per iteration

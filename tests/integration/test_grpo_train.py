@@ -1,6 +1,7 @@
 """GRPO through the real train.py: presets, callbacks, process supervision, exact resume, bad input."""
 
 import csv
+import json
 
 import pytest
 import torch
@@ -61,12 +62,16 @@ def test_grpo_with_reference_sync_and_adaptive_beta(run_train, cache):
     assert ref
 
 
-def test_countdown_with_process_supervision(run_train, cache):
+def test_countdown_with_process_supervision_logs_sample_tables_to_wandb(run_train, cache):
     run = run_train(
-        "experiment=grpo_countdown", *LM_FAST, cache,
+        "experiment=grpo_countdown", *LM_FAST, cache, "logger=wandb",
         "algo.advantage=process", "algo.process_reward=plmods.rewards.countdown_steps",
     )  # fmt: skip
     assert run.summary["env"] == "countdown" and run.summary["iterations"] == 4
+    # one table of sample completions per evaluation: before, iterations 2 and 4 (offline run)
+    tables = sorted(run.run_dir.glob("wandb/offline-run-*/files/media/table/val/samples_*.table.json"))
+    assert len(tables) == 3
+    assert json.loads(tables[0].read_text())["columns"] == ["iteration", "prompt", "completion", "answer", "reward"]
 
 
 def test_grpo_resume_is_exact(run_train, tmp_path, cache):

@@ -47,3 +47,19 @@ def test_ppo_kl_penalty_with_adaptive_kl_solves_cartpole(run_train, seed):
     geo_mean = math.exp(sum(math.log(max(k, 1e-8)) for k in kl) / len(kl))
     assert 0.005 <= geo_mean <= 0.02, (geo_mean, kl)
     assert len(set(_metric_column(run, "train/kl_coef"))) > 1  # beta actually adapted
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_grpo_raises_heldout_addition_accuracy(run_train, seed, tmp_path):
+    """``experiment=grpo_addition``: after the SFT warm-up, 60 GRPO iterations raise the held-out
+    accuracy of sampled answers (200 problems never drawn for training) well above the warm-up's."""
+    run = run_train(
+        "experiment=grpo_addition", "logger=csv", f"seed={seed}", f"algo.sft.cache_dir={tmp_path / 'sft'}", timeout=900
+    )
+    s = run.summary
+    before, after = s["val/accuracy"]["before"], s["val/accuracy"]["after"]
+    assert 0.1 <= before <= 0.8, s["val_history"]  # the warm-up leaves room to learn
+    assert after >= before + 0.1, s["val_history"]
+    assert s["val/reward_mean"]["after"] > s["val/reward_mean"]["before"]
+    train_accuracy = _metric_column(run, "train/accuracy")
+    assert sum(train_accuracy[-10:]) / 10 > sum(train_accuracy[:10]) / 10

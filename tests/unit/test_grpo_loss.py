@@ -24,7 +24,7 @@ class UniformScorer(nn.Module):
         super().__init__()
         self.logits = nn.Parameter(torch.zeros(n, t, 2))
 
-    def forward(self, input_ids, attention_mask, num_response):
+    def forward(self, input_ids, attention_mask, num_response, prompt_group=None):
         return self.logits
 
 

@@ -168,3 +168,23 @@ def test_kl_coef_cannot_be_adapted_without_reference():
     module = _module(kl_coef=0.0)
     with pytest.raises(ConfigError, match="no reference policy"):
         module.kl_coef = 0.1
+
+
+def test_shared_prompt_forward_equals_the_plain_forward_in_value_and_gradient():
+    module = _module(model=TinyCausalLM(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64))
+    torch.manual_seed(0)
+    batch = module.generate(["1+2=", "33+44=", "5+66="], repeats=3)
+    batch = batch[torch.randperm(9)]  # groups need not be contiguous (minibatches shuffle rows)
+    # the group id of each row: rows with the same (padded) prompt tokens share a prompt
+    prompt_len = batch["input_ids"].shape[1] - batch["response_tokens"].shape[1]
+    _, group = torch.unique(batch["input_ids"][:, :prompt_len], dim=0, return_inverse=True)
+    scorer, tokens = module.loss_module.actor_network, batch["response_tokens"]
+    results = []
+    for prompt_group in (None, group):
+        module.policy.zero_grad()
+        logits = scorer(batch["input_ids"], batch["attention_mask"], tokens.shape[-1], prompt_group)
+        log_probs = logits.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        (log_probs * batch["response_mask"]).sum().backward()
+        results.append((logits.detach(), torch.cat([p.grad.flatten() for p in module.policy.parameters()])))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-5)

@@ -207,7 +207,7 @@ class GRPOModule(IterationModule):
         self._sampling = GenerationConfig(**sampling, output_logits=True)  # training: keep logits
         self._eval_sampling = GenerationConfig(**sampling)
         # characters per token, to place step ends (process rewards are in characters)
-        self._token_chars = [len(self.tokenizer.decode([i])) for i in range(len(self.tokenizer))]
+        self._token_chars = [len(self.tokenizer.decode([i], skip_special_tokens=True)) for i in range(len(self.tokenizer))]
         self.measured_kl: float | None = None  # AdaptiveKL protocol: the iteration's KL to the reference
         self._prompt_rng = random.Random(seed)
         self.last_samples: list[dict[str, Any]] = []
@@ -274,10 +274,14 @@ class GRPOModule(IterationModule):
     def completions(self, batch: TensorDict) -> list[str]:
         return self.tokenizer.batch_decode(batch["response_tokens"], skip_special_tokens=True)
 
+    @staticmethod
+    def _fields(problems: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        """Problem fields other than the prompt, as reward-function keyword arguments."""
+        return {key: [p[key] for p in problems] for key in problems[0] if key != "prompt"}
+
     def score(self, problems: list[dict[str, Any]], completions: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total reward ``[N]`` and each term, for ``completions`` of ``problems`` (same order)."""
-        fields = {key: [p[key] for p in problems] for key in problems[0] if key != "prompt"}
-        return self.reward_fns([p["prompt"] for p in problems], completions, fields)
+        return self.reward_fns([p["prompt"] for p in problems], completions, self._fields(problems))
 
     # ------------------------------------------------------------------ one iteration
     def make_batch(self) -> TensorDict:
@@ -292,8 +296,7 @@ class GRPOModule(IterationModule):
         if self.advantage == "outcome":
             advantage = self.group_advantage.outcome(rewards.view(B, G)).reshape(-1, 1, 1).expand(-1, T, 1)
         else:
-            steps = self.process_reward([p["prompt"] for p in repeated], texts, **{
-                k: [p[k] for p in repeated] for k in repeated[0] if k != "prompt"})
+            steps = self.process_reward([p["prompt"] for p in repeated], texts, **self._fields(repeated))
             token_steps = [self._steps_to_tokens(s, row) for s, row in zip(steps, batch["response_tokens"], strict=True)]
             grouped = [token_steps[b * G : (b + 1) * G] for b in range(B)]
             advantage = self.group_advantage.process(grouped, T).reshape(-1, T, 1)
@@ -304,8 +307,6 @@ class GRPOModule(IterationModule):
             # all-equal groups have zero advantage; under DDP every rank must run the same number
             # of backward passes, so they are kept there (contributing nothing but tokens)
             keep = rewards.view(B, G).std(-1) > 0
-        if self.ref_policy is not None:
-            batch["ref_log_probs"] = ResponseScorer(self.ref_policy, self.temperature).log_probs(batch)
         response_tokens = batch["response_mask"].sum().cpu()
         self.accumulate_iteration(
             {
@@ -317,7 +318,10 @@ class GRPOModule(IterationModule):
             }
         )
         self._perf = {"perf/generate_s": generate_s, "perf/generated_tokens_per_s": float(response_tokens) / max(generate_s, 1e-9)}
-        return batch[keep.repeat_interleave(G).to(batch.device)]  # [N_kept]
+        batch = batch[keep.repeat_interleave(G).to(batch.device)]  # [N_kept]
+        if self.ref_policy is not None and batch.shape[0]:
+            batch["ref_log_probs"] = ResponseScorer(self.ref_policy, self.temperature).log_probs(batch)
+        return batch
 
     def _steps_to_tokens(self, steps: list[tuple[int, float]], tokens: torch.Tensor) -> list[tuple[int, float]]:
         """Step ends in characters -> the index of the token that completes each step."""
@@ -329,6 +333,7 @@ class GRPOModule(IterationModule):
 
     def update(self, batch: TensorDict) -> None:
         start = time.perf_counter()
+        self.measured_kl = None  # no update, no measurement: AdaptiveKL then leaves beta alone
         n = batch.shape[0]
         size = self.minibatch_size or max(n, 1)
         for _ in range(self.num_iterations if n else 0):

@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -54,6 +54,19 @@ def _check_ckpt_path(ckpt_path: str | None) -> None:
         raise ConfigError(
             f"ckpt_path={ckpt_path!r} does not exist. Pass the path of a .ckpt file written by a "
             "previous run (e.g. <run dir>/checkpoints/last.ckpt), or leave ckpt_path unset."
+        )
+
+
+def _check_monitor(cfg: DictConfig) -> None:
+    """``monitor`` must be a metric the algorithm logs; checked on its class, before building it
+    (a language module runs its warm-up when built)."""
+    monitor = cfg.get("monitor")
+    module_cls = get_class(cfg.algo._target_)
+    metrics = getattr(module_cls, "val_metrics", ())
+    if monitor and monitor not in metrics:
+        raise ConfigError(
+            f"monitor={monitor} is not logged by {module_cls.__name__}; it logs "
+            f"{', '.join(metrics)} (the experiment presets set monitor for you)."
         )
 
 
@@ -103,15 +116,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     _check_ckpt_path(ckpt_path)
     L.seed_everything(cfg.seed, verbose=False)
 
+    _check_monitor(cfg)
     env = _instantiate(cfg.env)
     model = _instantiate(cfg.model)
     module = _instantiate(cfg.algo, env=env, model=model)
-    monitor = cfg.get("monitor")
-    if monitor and monitor not in module.val_metrics:
-        raise ConfigError(
-            f"monitor={monitor} is not logged by {type(module).__name__}; it logs "
-            f"{', '.join(module.val_metrics)} (the experiment presets set monitor for you)."
-        )
     callbacks = _callbacks(cfg)
     loggers = _loggers(cfg, _checkpoint_logger_version(ckpt_path))
     trainer: L.Trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

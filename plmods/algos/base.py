@@ -17,12 +17,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from tensordict import TensorDictBase
 from torchrl.collectors import Collector
 from torchrl.envs import ExplorationType, VecNormV2
 
-from plmods.algos.iteration import IterationModule
+from plmods.algos.iteration import EVAL_SEED_OFFSET, RANK_SEED_OFFSET, IterationModule
 from plmods.envs.control import ControlEnv
 from plmods.envs.state import env_runtime_state, load_env_runtime_state
 from plmods.errors import require
@@ -32,8 +31,6 @@ from plmods.utils import rng_state
 
 __all__ = ["RLModule"]
 
-EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never share seeds with training envs
-RANK_SEED_OFFSET = 10_007  # each DDP rank collects with its own seed
 
 
 def check_update_settings(lr: float, loss_critic_type: str, max_grad_norm: float | None) -> None:
@@ -308,21 +305,13 @@ class RLModule(IterationModule):
         }
 
     def checkpoint_state(self) -> dict[str, Any]:
-        state = self._collector_state() if self._collector is not None else None
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            # every rank runs this hook; only rank 0 writes: gather each rank's own collector
-            per_rank: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(per_rank, state)
-        else:
-            per_rank = [state]
+        per_rank = self.gather_per_rank(self._collector_state() if self._collector is not None else None)
         return {**super().checkpoint_state(), "frames": self.frames, "per_rank": per_rank}
 
     def load_checkpoint_state(self, saved: dict[str, Any]) -> None:
         super().load_checkpoint_state(saved)
         self.frames = saved["frames"]
-        rank = self.global_rank if self._trainer is not None else 0
-        per_rank = saved["per_rank"]
-        state = per_rank[rank] if rank < len(per_rank) else None
+        state = self.own_rank_state(saved["per_rank"])
         if state is None or self._collector is None:
             return
         load_env_runtime_state(self._collector.env, state["env"])

@@ -27,13 +27,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from lightning.pytorch.loggers import WandbLogger
 from tensordict import TensorDict
 from transformers import GenerationConfig
 
 from plmods.algos.grpo_loss import AGGREGATIONS, MaskedGRPOLoss, ResponseScorer
-from plmods.algos.iteration import IterationModule
+from plmods.algos.iteration import EVAL_SEED_OFFSET, RANK_SEED_OFFSET, IterationModule
 from plmods.envs.text import TextTask
 from plmods.errors import require
 from plmods.models.lm import TinyCausalLM
@@ -46,8 +45,6 @@ __all__ = ["GRPOModule"]
 
 log = logging.getLogger(__name__)
 
-EVAL_SEED_OFFSET = 1_000_003
-RANK_SEED_OFFSET = 10_007
 ADVANTAGES = ("outcome", "process")
 
 
@@ -482,12 +479,7 @@ class GRPOModule(IterationModule):
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict[str, Any]:
-        state = {"rng": rng_state(), "prompt_rng": self._prompt_rng.getstate()}
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            per_rank: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(per_rank, state)
-        else:
-            per_rank = [state]
+        per_rank = self.gather_per_rank({"rng": rng_state(), "prompt_rng": self._prompt_rng.getstate()})
         return {**super().checkpoint_state(), "per_rank": per_rank, "kl_coef": self.kl_coef, "last_samples": self.last_samples}
 
     def load_checkpoint_state(self, saved: dict[str, Any]) -> None:
@@ -495,8 +487,7 @@ class GRPOModule(IterationModule):
         self.last_samples = saved.get("last_samples", [])
         if self.ref_policy is not None:
             self.loss_module.kl_to_ref_coeff = saved["kl_coef"]  # a float attribute, not in state_dict
-        rank = self.global_rank if self._trainer is not None else 0
-        per_rank = saved["per_rank"]
-        if rank < len(per_rank) and per_rank[rank] is not None:
-            self._prompt_rng.setstate(per_rank[rank]["prompt_rng"])
-            self._pending_rng = per_rank[rank]["rng"]
+        state = self.own_rank_state(saved["per_rank"])
+        if state is not None:
+            self._prompt_rng.setstate(state["prompt_rng"])
+            self._pending_rng = state["rng"]

@@ -25,7 +25,10 @@ from torch.utils.data import DataLoader
 from plmods.rollout.dataset import iteration_loader
 from plmods.utils import set_rng_state
 
-__all__ = ["IterationModule"]
+__all__ = ["IterationModule", "EVAL_SEED_OFFSET", "RANK_SEED_OFFSET"]
+
+EVAL_SEED_OFFSET = 1_000_003  # evaluation never shares seeds with training
+RANK_SEED_OFFSET = 10_007  # each DDP rank collects / samples with its own seed
 
 
 class IterationModule(LightningModule):
@@ -188,6 +191,20 @@ class IterationModule(LightningModule):
             "val_history": self.val_history,
             "logger_version": getattr(self.logger, "version", None) if self._trainer else None,
         }
+
+    def gather_per_rank(self, state: Any) -> list[Any]:
+        """Every rank's ``state``, in rank order (under DDP every rank runs the checkpoint hook
+        and only rank 0 writes, so rank-local state such as RNGs is gathered); every rank must call it."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            per_rank: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(per_rank, state)
+            return per_rank
+        return [state]
+
+    def own_rank_state(self, per_rank: list[Any]) -> Any:
+        """This rank's entry of a gathered list (None when the checkpoint had fewer ranks)."""
+        rank = self.global_rank if self._trainer is not None else 0
+        return per_rank[rank] if rank < len(per_rank) else None
 
     def load_checkpoint_state(self, saved: dict[str, Any]) -> None:
         self.iteration = saved["iteration"]

@@ -99,7 +99,7 @@ def test_grpo_resume_is_exact(run_train, tmp_path, cache):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (("algo=grpo",), "algo=grpo needs a text task (env=addition or env=countdown)"),
+        (("algo=grpo", "monitor=val/accuracy"), "algo=grpo needs a text task (env=addition or env=countdown)"),
         (("experiment=grpo_addition", "monitor=val/episode_return"), "monitor=val/episode_return is not logged by GRPOModule"),
         (("experiment=grpo_addition", "model.path=/nonexistent"), "model.path='/nonexistent' is not a local directory"),
     ],

@@ -47,7 +47,9 @@ def sft_model_dir(seed: int = 0) -> str:
     return sft.apply(model, tokenizer, task, factory.config_key())["cached"]
 
 
-def run_plmods(model_dir: str, iterations: int, lr: float, seed: int, drop_uniform_groups: bool = True) -> dict:
+def run_plmods(
+    model_dir: str, iterations: int, lr: float, seed: int, drop_uniform_groups: bool = True, beta: float = 0.0
+) -> dict:
     """GRPOModule under a Lightning Trainer; timings from the training iterations only."""
     import lightning as L
 
@@ -62,7 +64,7 @@ def run_plmods(model_dir: str, iterations: int, lr: float, seed: int, drop_unifo
     module = GRPOModule(
         env=AdditionTask(), model=TinyCausalLM(path=model_dir), sft=None, prompts_per_batch=16, group_size=8,
         num_iterations=2, max_new_tokens=8, total_iterations=iterations, lr=lr, seed=seed,
-        drop_uniform_groups=drop_uniform_groups,
+        drop_uniform_groups=drop_uniform_groups, kl_coef=beta,
     )  # fmt: skip
 
     class Timer(L.Callback):
@@ -98,16 +100,16 @@ def run_plmods(model_dir: str, iterations: int, lr: float, seed: int, drop_unifo
     }
 
 
-def worker(variant: str, model_dir: str, iterations: int, lr: float, seed: int) -> dict:
+def worker(variant: str, model_dir: str, iterations: int, lr: float, seed: int, beta: float) -> dict:
     if variant == "trl":
         from bench.grpo_trl import run_trl
 
-        result = run_trl(model_dir, iterations=iterations, lr=lr, seed=seed)
+        result = run_trl(model_dir, iterations=iterations, lr=lr, seed=seed, beta=beta)
         result.setdefault("accuracy_before", result.get("heldout_accuracy_before"))
         result.setdefault("accuracy_after", result.get("heldout_accuracy_after"))
         result["train_rewards"] = result["train_reward_per_round"]
     else:
-        result = run_plmods(model_dir, iterations, lr, seed, drop_uniform_groups=variant == "plmods")
+        result = run_plmods(model_dir, iterations, lr, seed, drop_uniform_groups=variant == "plmods", beta=beta)
     rewards = result["train_rewards"]  # the reward curve: same prompts in the same order in every variant
     result["train_reward_first10"] = statistics.mean(rewards[:10])
     result["train_reward_last20"] = statistics.mean(rewards[-20:])
@@ -126,11 +128,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per variant (interleaved)")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--beta", type=float, default=0.0, help="KL coefficient (> 0: a reference model)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.model_dir, args.iterations, args.lr, args.seed)))
+        print(json.dumps(worker(args.worker, args.model_dir, args.iterations, args.lr, args.seed, args.beta)))
         return
 
     model_dir = sft_model_dir(args.seed)
@@ -139,7 +142,8 @@ def main() -> None:
     for repeat in range(args.repeats):
         for variant in variants:  # interleaved: machine noise hits every variant alike
             cmd = [sys.executable, "-m", "bench.grpo", "--worker", variant, "--model-dir", model_dir,
-                   "--iterations", str(args.iterations), "--lr", str(args.lr), "--seed", str(args.seed)]  # fmt: skip
+                   "--iterations", str(args.iterations), "--lr", str(args.lr), "--seed", str(args.seed),
+                   "--beta", str(args.beta)]  # fmt: skip
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"{variant} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
@@ -152,7 +156,7 @@ def main() -> None:
     keys = ("generation_batches_per_s", "optimizer_steps_per_s", "generated_tokens_per_s", "peak_rss_gb",
             "accuracy_before", "accuracy_after", "train_reward_first10", "train_reward_last20")  # fmt: skip
     table = {v: {k: _median(rows, k) for k in keys} | {"runs": len(rows)} for v, rows in results.items()}
-    print(f"\nB=16 x G=8, mu=2, {args.iterations} iterations, lr {args.lr}, medians of {args.repeats} runs")
+    print(f"\nB=16 x G=8, mu=2, {args.iterations} iterations, lr {args.lr}, beta {args.beta}, medians of {args.repeats} runs")
     short = ("rounds/s", "opt steps/s", "gen tokens/s", "peak RSS GB", "acc before", "acc after",
              "reward 1-10", "reward last 20")  # fmt: skip
     print(f"{'variant':<13}" + "".join(f"{k:>15}" for k in short))
@@ -163,7 +167,7 @@ def main() -> None:
             ratio = table[variant]["generation_batches_per_s"] / table["trl"]["generation_batches_per_s"]
             print(f"{variant}/trl generation rounds per second: {ratio:.2f}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "grpo.json"
+    out = RESULTS / f"grpo_beta{args.beta:g}.json"
     out.write_text(json.dumps({"args": vars(args), "medians": table, "runs": results}, indent=2))
     print(f"-> {out}")
 

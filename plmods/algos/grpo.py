@@ -230,6 +230,14 @@ class GRPOModule(IterationModule):
         return torch.optim.AdamW(self.policy.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self._trainer is not None and self.ref_policy is None:
+            from plmods.callbacks.kl_adaptive import AdaptiveKL
+
+            require(
+                not any(isinstance(c, AdaptiveKL) for c in self.trainer.callbacks),
+                "callbacks.adaptive_kl adapts the KL to a reference policy, but algo.kl_coef=0 builds none: "
+                "set algo.kl_coef > 0 (e.g. 0.04) or drop the callback.",
+            )
         if stage == "fit" and self._trainer is not None and self.global_rank > 0:
             self._prompt_rng = random.Random(self.seed + self.global_rank * RANK_SEED_OFFSET)
             torch.manual_seed(self.seed + self.global_rank * RANK_SEED_OFFSET)

@@ -188,3 +188,12 @@ def test_shared_prompt_forward_equals_the_plain_forward_in_value_and_gradient():
         results.append((logits.detach(), torch.cat([p.grad.flatten() for p in module.policy.parameters()])))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-5)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-5)
+
+
+def test_adaptive_kl_without_a_reference_is_rejected_before_training():
+    from plmods.callbacks import AdaptiveKL
+
+    module = _module(kl_coef=0.0)
+    trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, callbacks=[AdaptiveKL()])
+    with pytest.raises(ConfigError, match="algo.kl_coef=0 builds none"):
+        trainer.fit(module)

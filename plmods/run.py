@@ -142,9 +142,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         out.write_text(json.dumps(summary, indent=2, default=str))
         if hasattr(module, "save_policy"):
             module.save_policy(str(Path(cfg.output_dir) / "policy"))
-        log.info("%s on %s: %s -> %s", summary["algo"], summary["env"], module.summary_line(), out)
+        log.info("%s on %s: %s -> %s", summary["algo"], summary.get("env"), module.summary_line(), out)
     for logger in loggers:
         if isinstance(logger, WandbLogger):
-            logger.experiment.summary.update({"solved": summary["solved"], "iterations": summary["iterations"]})
+            logger.experiment.summary.update({"solved": summary.get("solved"), "iterations": summary["iterations"]})
         logger.finalize("success")
     return summary

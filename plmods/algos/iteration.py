@@ -182,6 +182,15 @@ class IterationModule(LightningModule):
             return reduced.to(value.device)
         return value
 
+    # ------------------------------------------------------------------ summary
+    def summary(self) -> dict[str, Any]:
+        """The algorithm's headline numbers for ``summary.json`` (``env``, ``solved`` and its own)."""
+        return {}
+
+    def summary_line(self) -> str:
+        """One line for the run log."""
+        return f"{self.iteration} iterations, {self.train_seconds:.1f} s"
+
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict[str, Any]:
         """The bookkeeping every plmods checkpoint holds under ``checkpoint["plmods"]``."""

@@ -111,9 +111,9 @@ def test_lm_yaml_defaults_equal_the_python_defaults(compose_cfg):
 
     from plmods.models import SFTWarmup
 
-    cfg = compose_cfg("experiment=grpo_addition")
-    for node, cls in ((cfg.algo.sft, SFTWarmup), (cfg.model, TinyCausalLM)):
+    cfg = compose_cfg("algo=grpo", "env=addition", "model=tiny_lm")
+    for node, cls in ((cfg.algo.sft, SFTWarmup), (cfg.model, TinyCausalLM), (cfg.algo, GRPOModule)):
         defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
         for key, value in node.items():
-            if key not in ("_target_", "seed", "cache_dir"):
+            if key not in ("_target_", "seed", "cache_dir", "sft", "rewards"):
                 assert defaults[key] == value, (cls.__name__, key)

@@ -1,4 +1,4 @@
-"""A Rich progress bar that speaks in policy iterations, frames and returns."""
+"""A Rich progress bar that speaks in policy iterations, frames, returns and rewards."""
 
 from __future__ import annotations
 
@@ -14,12 +14,15 @@ _SHOWN = {
     "frames": "frames",
     "train/episode_return": "return",
     "val/episode_return": "val_return",
+    "train/reward": "reward",
+    "val/accuracy": "val_acc",
     "train/kl_coef": "kl_coef",
 }
 
 
 class RLProgressBar(RichProgressBar):
-    """``RichProgressBar`` labelled "Iteration k" with frames, training and evaluation return.
+    """``RichProgressBar`` labelled "Iteration k" with frames, training and evaluation return
+    (control) or training reward and held-out accuracy (GRPO).
 
     Works with any module that logs those keys (``prog_bar=True`` or not).
     """

@@ -21,3 +21,12 @@ def test_public_api_imports():
     from plmods.callbacks import AdaptiveKL, RLProgressBar  # noqa: F401
     from plmods.envs import ControlEnv  # noqa: F401
     from plmods.models import MLPActorCritic  # noqa: F401
+
+
+def test_language_api_imports():
+    from plmods.algos import GRPOModule, IterationModule  # noqa: F401
+    from plmods.callbacks import RefPolicySync, mix_into  # noqa: F401
+    from plmods.envs import AdditionTask, CountdownTask, TextTask  # noqa: F401
+    from plmods.models import SFTWarmup, TinyCausalLM, char_tokenizer  # noqa: F401
+    from plmods.rewards import RewardFunctions, countdown_answer, countdown_steps, exact_match  # noqa: F401
+    from plmods.rollout.group_advantage import GroupRelativeAdvantage  # noqa: F401

@@ -28,8 +28,9 @@ def integer_format(prompts: list[str], completions: list[str], **_: Any) -> list
     return [float(_INTEGER.fullmatch(c.strip()) is not None) for c in completions]
 
 
-def countdown_trace(completion: str, numbers: list[int]) -> list[tuple[int, bool, int | None]]:
-    """Each line of a Countdown completion as ``(end_char, valid, value)``.
+def countdown_trace(completion: str, numbers: list[int]) -> list[tuple[int, bool, int | None, Counter]]:
+    """Each line of a Countdown completion as ``(end_char, valid, value, pool)``, ``pool`` the
+    numbers still available after the line.
 
     A line is ``a op b=c`` with both operands available (a given number or an earlier result, each
     used once) and ``c`` correct, or a bare available number. After the first invalid line no later
@@ -51,7 +52,7 @@ def countdown_trace(completion: str, numbers: list[int]) -> list[tuple[int, bool
         elif ok and text.isdigit() and pool[int(text)] > 0:
             value, valid = int(text), True
         ok = ok and valid
-        steps.append((position, valid, value))
+        steps.append((position, valid, value, Counter(pool)))
         position += 1  # the newline
     return steps
 
@@ -64,7 +65,7 @@ def countdown_answer(
     rewards = []
     for completion, nums, goal in zip(completions, numbers, target, strict=True):
         trace = countdown_trace(completion, nums)
-        if trace and all(valid for _, valid, _ in trace):
+        if trace and all(step[1] for step in trace):
             rewards.append(1.0 if trace[-1][2] == goal else 0.1)
         else:
             rewards.append(0.0)
@@ -74,13 +75,19 @@ def countdown_answer(
 def countdown_steps(
     prompts: list[str], completions: list[str], numbers: list[list[int]], target: list[int], **_: Any
 ) -> list[list[tuple[int, float]]]:
-    """Process reward: each line scores 1 if valid, 0 if not; the last line scores 1 more when it
-    reaches the target."""
+    """Process reward: a step scores 1 when it is valid and the target is still reachable from the
+    numbers left (it stays on a path to a solution), else 0; the step that reaches the target
+    scores 1 more, and a completion that stops short of the target gets 0 for its last step (a
+    dead end: otherwise stopping after one safe step beats attempting the next)."""
+    from plmods.envs.text import solve_countdown
+
     out = []
     for completion, nums, goal in zip(completions, numbers, target, strict=True):
-        trace = countdown_trace(completion, nums)
-        steps = [(end, float(valid)) for end, valid, _ in trace]
-        if trace and trace[-1][1] and trace[-1][2] == goal:
-            steps[-1] = (steps[-1][0], steps[-1][1] + 1.0)
+        steps = []
+        for end, valid, value, pool in countdown_trace(completion, nums):
+            on_path = valid and (goal in pool or solve_countdown(list(pool.elements()), goal) is not None)
+            steps.append((end, float(on_path) + float(valid and value == goal)))
+        if steps and steps[-1][1] < 2.0:
+            steps[-1] = (steps[-1][0], 0.0)
         out.append(steps)
     return out

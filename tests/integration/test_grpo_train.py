@@ -65,9 +65,9 @@ def test_grpo_with_reference_sync_and_adaptive_beta(run_train, cache):
 def test_countdown_with_process_supervision_logs_sample_tables_to_wandb(run_train, cache):
     run = run_train(
         "experiment=grpo_countdown", *LM_FAST, cache, "logger=wandb",
-        "algo.advantage=process", "algo.process_reward=plmods.rewards.countdown_steps",
     )  # fmt: skip
     assert run.summary["env"] == "countdown" and run.summary["iterations"] == 4
+    assert run.summary["config"]["algo"]["advantage"] == "process"
     # one table of sample completions per evaluation: before, iterations 2 and 4 (offline run)
     tables = sorted(run.run_dir.glob("wandb/offline-run-*/files/media/table/val/samples_*.table.json"))
     assert len(tables) == 3

@@ -50,6 +50,9 @@ def test_countdown_answer(completion, numbers, target, expected):
         ("7*3=21\n21+5=26", 26, [(6, 1.0), (14, 2.0)]),  # both valid, the last reaches the target
         ("7*3=21\n21+5=27", 26, [(6, 1.0), (14, 0.0)]),  # second step wrong
         ("7*3=20\n20+5=25", 25, [(6, 0.0), (14, 0.0)]),  # an invalid step poisons the rest
+        ("7*3=21", 26, [(6, 0.0)]),  # on a path to 26 (21 + 5) but stopped short: a dead end
+        ("7+3=10\n10+5=15", 26, [(6, 0.0), (14, 0.0)]),  # valid, but 26 is out of reach of {10, 5}
+        ("7*3=21\n21+5=26\n26", 26, [(6, 1.0), (14, 2.0), (17, 2.0)]),  # a bare 26 restates it
     ],
 )
 def test_countdown_steps(completion, target, expected):

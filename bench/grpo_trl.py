@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-EVAL_SEED_OFFSET = 1_000_003  # plmods.algos.grpo.EVAL_SEED_OFFSET
+from plmods.algos.iteration import EVAL_SEED_OFFSET  # noqa: E402  (held-out set and eval seed as GRPOModule)
 
 
 def _chat(tokenizer, prompt: str) -> str:

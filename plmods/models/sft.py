@@ -121,11 +121,11 @@ class SFTWarmup:
             torch.manual_seed(self.seed)
             model.train()
             for _ in range(self.steps):
-                problems = [p for p in task.sample(self.batch_size, rng) if task.demonstration(p)]
-                prompt_ids, _ = tokenize_prompts(tokenizer, [p["prompt"] for p in problems])
-                input_ids, attention_mask = tokenize_prompts(
-                    tokenizer, [p["prompt"] for p in problems], [task.demonstration(p) for p in problems]
-                )
+                # a demonstration can cost a search (Countdown): one per problem, empty ones skipped
+                pairs = [(p["prompt"], task.demonstration(p)) for p in task.sample(self.batch_size, rng)]
+                prompts, answers = zip(*[(q, a) for q, a in pairs if a], strict=True)
+                prompt_ids, _ = tokenize_prompts(tokenizer, list(prompts))
+                input_ids, attention_mask = tokenize_prompts(tokenizer, list(prompts), list(answers))
                 # left padding: the prompt of row i ends at the same column in both encodings
                 # only after aligning on the right, so count prompt tokens per row
                 prompt_len = (prompt_ids != tokenizer.pad_token_id).sum(-1)  # [B]

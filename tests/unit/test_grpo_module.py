@@ -5,6 +5,7 @@ import random
 import pytest
 import torch
 from lightning import Trainer
+from rewards_for_tests import length_reward
 
 from plmods.algos.grpo import GRPOModule
 from plmods.envs.text import AdditionTask, CountdownTask, solve_countdown
@@ -12,11 +13,6 @@ from plmods.errors import ConfigError
 from plmods.models.lm import TinyCausalLM
 
 SMALL = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
-
-
-def length_reward(prompts, completions, **_):
-    """A reward every sampled group disagrees on: the completion's length."""
-    return [float(len(c)) for c in completions]
 
 
 def _module(**kwargs) -> GRPOModule:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,22 @@ __all__ = ["train"]
 log = logging.getLogger(__name__)
 
 
-def _instantiate(node: Any, **kwargs: Any) -> Any:
+def _in_config_terms(error: ConfigError, path: str | None, node: Any) -> ConfigError:
+    """The error of a class, which names its constructor arguments (``lr must be > 0``), restated
+    with the config paths a ``train.py`` user sets (``algo.lr must be > 0``)."""
+    if not path or not isinstance(node, DictConfig):
+        return error
+    keys = [k for k in node if k != "_target_"]
+    if not keys:
+        return error
+    pattern = re.compile(rf"(?<![\w.])({'|'.join(map(re.escape, keys))})(?=[=\s,)]|$)")
+    return ConfigError(pattern.sub(lambda m: f"{path}.{m.group(1)}", str(error)))
+
+
+def _instantiate(node: Any, path: str | None = None, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` that surfaces a ``ConfigError`` raised by the target itself,
-    instead of burying it in an InstantiationException traceback."""
+    instead of burying it in an InstantiationException traceback, in the config's terms (``path``:
+    where ``node`` sits in the config, e.g. ``algo``)."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
@@ -38,7 +52,7 @@ def _instantiate(node: Any, **kwargs: Any) -> Any:
         while cause is not None and not isinstance(cause, ConfigError):
             cause = cause.__cause__
         if cause is not None:
-            raise cause from None
+            raise _in_config_terms(cause, path, node) from None
         raise
 
 
@@ -78,14 +92,16 @@ def _loggers(cfg: DictConfig, resume_version: str | None) -> list[Logger]:
         kwargs = {}
         if resume_version and node._target_.endswith("wandb_logger"):
             kwargs["id"] = resume_version  # continue the same W&B run
-        loggers.append(_instantiate(node, **kwargs))
+        loggers.append(_instantiate(node, f"logger.{name}", **kwargs))
         log.info("logger %s: %s", name, type(loggers[-1]).__name__)
     return loggers
 
 
 def _callbacks(cfg: DictConfig) -> list[L.Callback]:
     return [
-        _instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node and "_target_" in node
+        _instantiate(node, f"callbacks.{name}")
+        for name, node in (cfg.get("callbacks") or {}).items()
+        if node and "_target_" in node
     ]
 
 
@@ -117,9 +133,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, verbose=False)
 
     _check_monitor(cfg)
-    env = _instantiate(cfg.env)
-    model = _instantiate(cfg.model)
-    module = _instantiate(cfg.algo, env=env, model=model)
+    env = _instantiate(cfg.env, "env")
+    model = _instantiate(cfg.model, "model")
+    module = _instantiate(cfg.algo, "algo", env=env, model=model)
     callbacks = _callbacks(cfg)
     loggers = _loggers(cfg, _checkpoint_logger_version(ckpt_path))
     trainer: L.Trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -17,32 +17,33 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.seed import seed_everything
+from lightning.pytorch.utilities.seed import isolate_rng
 from tensordict import TensorDictBase
 from torchrl.collectors import Collector
-from torchrl.envs import ExplorationType, VecNormV2
+from torchrl.envs import VecNormV2
 
-from plmods.algos.iteration import EVAL_SEED_OFFSET, RANK_SEED_OFFSET, IterationModule
+from plmods.algos.iteration import EVAL_SEED_OFFSET, IterationModule
 from plmods.envs.control import ControlEnv
-from plmods.envs.state import env_runtime_state, load_env_runtime_state
 from plmods.errors import require
 from plmods.models.control import MLPActorCritic
+from plmods.rollout.collector import collector_state, load_collector_state, make_collector
 from plmods.rollout.evaluation import first_episode_returns
 from plmods.utils import rng_state
 
 __all__ = ["RLModule"]
 
 
-
 def check_update_settings(lr: float, loss_critic_type: str, max_grad_norm: float | None) -> None:
-    """Validation shared by every algorithm's optimizer settings (names as in the YAML)."""
-    require(lr > 0, f"algo.lr must be > 0, got {lr}.")
+    """Validation shared by every algorithm's optimizer settings (named as the constructor arguments)."""
+    require(lr > 0, f"lr must be > 0, got {lr}.")
     require(
         loss_critic_type in ("l1", "l2", "smooth_l1"),
-        f"algo.loss_critic_type must be one of l1, l2, smooth_l1, got {loss_critic_type!r}.",
+        f"loss_critic_type must be one of l1, l2, smooth_l1, got {loss_critic_type!r}.",
     )
     require(
         max_grad_norm is None or max_grad_norm > 0,
-        f"algo.max_grad_norm must be > 0 or null, got {max_grad_norm}.",
+        f"max_grad_norm must be > 0 or null, got {max_grad_norm}.",
     )
 
 
@@ -55,7 +56,9 @@ class RLModule(IterationModule):
         model: actor/critic factory (``MLPActorCritic``).
         frames_per_batch: transitions collected per policy iteration (over all of ``env.num_envs``).
         total_frames: frame budget; training stops once reached (also the horizon of annealing).
-        seed: seed of the training envs (rank ``r`` uses ``seed + r * 10007``).
+        seed: seeds the initial weights (built under ``isolate_rng``, so the global RNG is left
+            as it was), the training RNG at fit start and the training envs (rank ``r`` uses
+            ``seed + r * 10007`` for the last two).
         eval_episodes: deterministic evaluation episodes per validation run.
     """
 
@@ -64,6 +67,7 @@ class RLModule(IterationModule):
     def __init__(
         self,
         env: ControlEnv,
+        *,
         model: MLPActorCritic | None = None,
         frames_per_batch: int = 512,
         total_frames: int = 100_000,
@@ -71,17 +75,17 @@ class RLModule(IterationModule):
         eval_episodes: int = 10,
     ) -> None:
         super().__init__()
-        require(frames_per_batch >= 1, f"algo.frames_per_batch must be >= 1, got {frames_per_batch}.")
+        require(frames_per_batch >= 1, f"frames_per_batch must be >= 1, got {frames_per_batch}.")
         require(
             frames_per_batch % env.num_envs == 0,
-            f"algo.frames_per_batch={frames_per_batch} must be a multiple of "
+            f"frames_per_batch={frames_per_batch} must be a multiple of "
             f"env.num_envs={env.num_envs} (each collector step yields num_envs frames).",
         )
         require(
             total_frames >= frames_per_batch,
-            f"algo.total_frames={total_frames} must be >= algo.frames_per_batch={frames_per_batch}.",
+            f"total_frames={total_frames} must be >= frames_per_batch={frames_per_batch}.",
         )
-        require(eval_episodes >= 1, f"algo.eval_episodes must be >= 1, got {eval_episodes}.")
+        require(eval_episodes >= 1, f"eval_episodes must be >= 1, got {eval_episodes}.")
         self.env_factory = env
         self.model_factory = model or MLPActorCritic()
         self.frames_per_batch = frames_per_batch
@@ -90,7 +94,9 @@ class RLModule(IterationModule):
         self.eval_episodes = eval_episodes
 
         probe = env.make(num_envs=1)
-        actor, critic = self.model_factory.build(probe)
+        with isolate_rng():  # same seed, same initial weights, whatever the global RNG holds
+            torch.manual_seed(seed)
+            actor, critic = self.model_factory.build(probe)
         probe.close()
         # The loss module (built by the subclass) registers these same parameter tensors; keeping
         # actor and critic out of the Module tree keeps checkpoints and optimizers free of copies.
@@ -106,24 +112,16 @@ class RLModule(IterationModule):
     def setup(self, stage: str) -> None:
         if stage != "fit" or self._collector is not None:
             return
-        rank = self.global_rank if self._trainer is not None else 0
-        seed = self.seed + rank * RANK_SEED_OFFSET
+        # the training RNG (minibatch order, action sampling) follows the module's seed, in a
+        # user's own Trainer too; a resumed run restores its saved RNG before the next iteration
+        seed_everything(self.rank_seed(), verbose=False)
         # Seed before the collector exists: its constructor resets the env.
-        env = self.env_factory.make(seed=seed)
-        self._collector = Collector(
-            env,
-            self.actor,  # the module's own actor: no weight copies to keep in sync
-            frames_per_batch=self.frames_per_batch,
-            total_frames=-1,
-            exploration_type=ExplorationType.RANDOM,
-            auto_register_policy_transforms=False,
-            **self.collector_kwargs(),
-        )
+        env = self.env_factory.make(seed=self.rank_seed())
+        self._collector = make_collector(env, self.actor, frames_per_batch=self.frames_per_batch)
         self._collector_iter = iter(self._collector)
 
-    def collector_kwargs(self) -> dict[str, Any]:
-        """Extra ``torchrl.collectors.Collector`` arguments of a subclass (e.g. whole episodes)."""
-        return {}
+    def budget_spent(self) -> bool:
+        return self.frames >= self.total_frames
 
     def batch_frames(self, batch: TensorDictBase) -> int:
         """Environment frames in a collected batch."""
@@ -154,11 +152,6 @@ class RLModule(IterationModule):
     def prepare_batch(self, batch: TensorDictBase) -> TensorDictBase:
         """Per-iteration preprocessing of the collected batch (advantages, schedules)."""
         return batch
-
-    def progress_remaining(self) -> float:
-        """1 at the start of training, 0 at ``total_frames``: the annealing schedule's input.
-        A function of ``frames`` (checkpointed), so resumed runs anneal exactly as uninterrupted."""
-        return max(0.0, 1.0 - self.frames / self.total_frames)
 
     def collect(self) -> TensorDictBase:
         """Next batch ``[num_envs, T]`` from the collector, with episode statistics recorded."""
@@ -219,7 +212,7 @@ class RLModule(IterationModule):
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
-        if self.frames >= self.total_frames:
+        if self.budget_spent():
             self.trainer.should_stop = True
 
     # ------------------------------------------------------------------ evaluation
@@ -293,16 +286,7 @@ class RLModule(IterationModule):
     # ------------------------------------------------------------------ checkpoints
     def _collector_state(self) -> dict[str, Any]:
         assert self._collector is not None
-        return {
-            # The carrier is the tensordict the collector steps from next (current observations,
-            # running episode return and step count); torchrl keeps it private.
-            "carrier": self._collector._carrier.clone(),
-            # the counter that hands out trajectory ids: restored with the carrier's ids, so new
-            # episodes never reuse the id of one still running (trajectory batches group by id)
-            "traj_pool": self._collector._traj_pool.state_dict(),
-            "env": env_runtime_state(self._collector.env),
-            "rng": rng_state(),
-        }
+        return {**collector_state(self._collector), "rng": rng_state()}
 
     def checkpoint_state(self) -> dict[str, Any]:
         per_rank = self.gather_per_rank(self._collector_state() if self._collector is not None else None)
@@ -314,8 +298,6 @@ class RLModule(IterationModule):
         state = self.own_rank_state(saved["per_rank"])
         if state is None or self._collector is None:
             return
-        load_env_runtime_state(self._collector.env, state["env"])
-        self._collector._carrier.update_(state["carrier"])
-        self._collector._traj_pool.load_state_dict(state["traj_pool"])
+        load_collector_state(self._collector, state)
         # Lightning may draw from the global RNG between restore and the first iteration
         self._pending_rng = state["rng"]

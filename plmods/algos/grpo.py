@@ -386,11 +386,15 @@ class GRPOModule(IterationModule):
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
-        if self.iteration >= self.total_iterations:
+        if self.budget_spent():
             self.trainer.should_stop = True
 
     # ------------------------------------------------------------------ evaluation
+    def budget_spent(self) -> bool:
+        return self.iteration >= self.total_iterations
+
     def on_train_start(self) -> None:
+        super().on_train_start()
         if self.iteration == 0 and not self.val_history:
             self._record_evaluation(self.evaluate())  # "before": the warmed-up policy
 

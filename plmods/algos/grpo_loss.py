@@ -10,10 +10,10 @@ and k3 KL, and changes three things:
 2. **KL averaging (a torchrl 0.14.1 bug).** ``GRPOLoss._kl_to_ref`` takes a plain mean over every
    position of the padded tensor, prompt and padding included, so the effective beta shrinks with
    prompt length (0.119 reported vs 0.773 over response tokens in one probe). Here the k3 KL
-   ``exp(ref - cur) - (ref - cur) - 1`` is aggregated over response tokens like the objective
+   ``expm1(d) - d``, d = ref - cur (``plmods.algos.kl.k3``), is aggregated over response tokens like the objective
    (token mean, or per-completion mean then mean). Pinned by ``tests/unit/test_grpo_loss.py``.
 3. The logged ``entropy``, ``clip_fraction`` and ``kl_approx`` are means over response tokens too
-   (upstream dilutes them the same way); ``kl_approx`` is the k3 estimate ``mean((r - 1) - log r)``
+   (upstream dilutes them the same way); ``kl_approx`` is the k3 estimate ``mean(expm1(log r) - log r)`` (per token, never negative)
    of KL(pi_old || pi), as PPO's ``approx_kl`` here.
 """
 
@@ -24,6 +24,8 @@ from tensordict import TensorDictBase
 from torch import nn
 from torchrl.modules.distributions import LLMMaskedCategorical
 from torchrl.objectives.llm import GRPOLoss
+
+from plmods.algos.kl import k3
 
 __all__ = ["ResponseScorer", "MaskedGRPOLoss", "AGGREGATIONS"]
 
@@ -141,7 +143,7 @@ class MaskedGRPOLoss(GRPOLoss):
         with torch.no_grad():
             lw = log_weight.squeeze(-1)[mask]  # [tokens]
             low, high = self._clip_bounds
-            self._approx_kl = (lw.exp() - 1 - lw).mean() if lw.numel() else lw.new_zeros(())
+            self._approx_kl = k3(lw).mean() if lw.numel() else lw.new_zeros(())
             self._clip_fraction = ((lw < low) | (lw > high)).float().mean() if lw.numel() else lw.new_zeros(())
         return log_weight, dist, kl_approx, mask
 
@@ -169,8 +171,7 @@ class MaskedGRPOLoss(GRPOLoss):
         if mask is None:
             mask = torch.ones_like(cur_log_prob, dtype=torch.bool)
         diff = torch.where(mask, ref_log_prob - cur_log_prob, 0.0)  # [N, T]
-        k3 = diff.expm1() - diff  # exp(d) - d - 1 >= 0, zero where masked
-        kl = self._aggregate_loss_value(k3.unsqueeze(-1), mask).reshape(())  # response tokens only
+        kl = self._aggregate_loss_value(k3(diff).unsqueeze(-1), mask).reshape(())  # response tokens only
         return coeff * kl, kl
 
     def forward(self, tensordict: TensorDictBase):

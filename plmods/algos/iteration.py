@@ -53,6 +53,21 @@ class IterationModule(LightningModule):
     def world_size(self) -> int:
         return self.trainer.world_size if self._trainer is not None else 1
 
+    def rank_seed(self) -> int:
+        """This rank's training seed: ``seed + rank * RANK_SEED_OFFSET``."""
+        rank = self.global_rank if self._trainer is not None else 0
+        return self.seed + rank * RANK_SEED_OFFSET
+
+    def budget_spent(self) -> bool:
+        """Whether the training budget (frames, iterations) is used up."""
+        return False
+
+    def on_train_start(self) -> None:
+        # a run resumed from a checkpoint whose budget is spent stops before its first iteration:
+        # no extra iteration, and its checkpoints are left exactly as they were
+        if self.budget_spent():
+            self.trainer.should_stop = True
+
     def on_fit_start(self) -> None:
         # also outside train.py (a user's own Trainer): denormals slowed tiny-LM steps 10-40x
         torch.set_flush_denormal(True)

@@ -9,48 +9,49 @@ Schulman et al. 2017, "Proximal Policy Optimization Algorithms":
 with A_t from GAE (Schulman et al. 2016): A_t = sum_l (gamma * lmbda)^l delta_{t+l},
 delta_t = r_t + gamma * V(s_{t+1}) * (1 - terminated_{t+1}) - V(s_t).
 torchrl computes every term; these modules only schedule the data and sum ``loss_*`` keys.
+
+Annealing (CleanRL's rule): iteration i of N (i = 0 .. N - 1, N = total_frames / frames per
+iteration over all ranks) runs ``lr * (1 - i / N)`` and ``clip_epsilon * (1 - i / N)``: the first
+iteration the full values, the last one 1 / N of them (never a wasted iteration at 0). The lr
+follows a torch ``LambdaLR`` (checkpointed by Lightning, stepped once per iteration).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from tensordict import TensorDictBase
 from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
-from torchrl.objectives import ClipPPOLoss, LossModule
+from torchrl.objectives import LossModule
 from torchrl.objectives.value import GAE
 
 from plmods.algos.base import RLModule, check_update_settings
+from plmods.algos.ppo_loss import K3ClipPPOLoss
 from plmods.envs.control import ControlEnv
 from plmods.errors import require
 from plmods.models.control import MLPActorCritic
 
-__all__ = ["PPOBase", "PPOModule", "approx_kl"]
+__all__ = ["PPOBase", "PPOModule"]
 
-_LOGGED = ("loss_objective", "loss_critic", "loss_entropy", "clip_fraction", "entropy", "explained_variance")
-
-
-def approx_kl(loss_out: TensorDictBase) -> torch.Tensor:
-    """KL(pi_old || pi) by the k3 estimator, mean((ratio - 1) - log ratio) >= 0, as cleanrl and
-    SB3 log it. torchrl reports k1 = mean(log pi_old - log pi) (``kl_approx``), which can be
-    negative on a minibatch and so never trip a target-KL stop; with its ``mean_ratio``:
-    k3 = mean_ratio - 1 + k1."""
-    k1 = loss_out["kl_approx"]
-    if "mean_ratio" not in loss_out:
-        return k1
-    return loss_out["mean_ratio"].detach() - 1.0 + k1
+_LOGGED = (
+    "loss_objective", "loss_critic", "loss_entropy", "clip_fraction", "entropy", "explained_variance", "approx_kl",
+)  # fmt: skip
 
 
 class PPOBase(RLModule):
     """What PPO-clip and PPO-penalty share: GAE, annealed Adam, ``ppo_epochs`` minibatch passes.
 
-    Subclasses build ``self.loss_module`` (a torchrl PPO loss) after ``super().__init__``.
-    Arguments are documented on the concrete modules.
+    Subclasses build ``self.loss_module`` (a torchrl PPO loss reporting ``approx_kl``, see
+    ``plmods.algos.ppo_loss``) after ``super().__init__``. Arguments are documented on the
+    concrete modules.
     """
 
     def __init__(
         self,
+        *,
         env: ControlEnv,
         model: MLPActorCritic | None,
         frames_per_batch: int,
@@ -72,16 +73,18 @@ class PPOBase(RLModule):
         # reject bad settings before anything is built, naming the setting and what is valid
         require(
             minibatch_size >= 1 and frames_per_batch % minibatch_size == 0,
-            f"algo.minibatch_size={minibatch_size} must be a positive divisor of "
-            f"algo.frames_per_batch={frames_per_batch}.",
+            f"minibatch_size={minibatch_size} must be a positive divisor of frames_per_batch={frames_per_batch}.",
         )
-        require(ppo_epochs >= 1, f"algo.ppo_epochs must be >= 1, got {ppo_epochs}.")
-        require(0 < gamma <= 1, f"algo.gamma must be in (0, 1], got {gamma}.")
-        require(0 <= lmbda <= 1, f"algo.lmbda must be in [0, 1], got {lmbda}.")
-        require(entropy_coeff >= 0, f"algo.entropy_coeff must be >= 0, got {entropy_coeff}.")
-        require(critic_coeff >= 0, f"algo.critic_coeff must be >= 0, got {critic_coeff}.")
+        require(ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {ppo_epochs}.")
+        require(0 < gamma <= 1, f"gamma must be in (0, 1], got {gamma}.")
+        require(0 <= lmbda <= 1, f"lmbda must be in [0, 1], got {lmbda}.")
+        require(entropy_coeff >= 0, f"entropy_coeff must be >= 0, got {entropy_coeff}.")
+        require(critic_coeff >= 0, f"critic_coeff must be >= 0, got {critic_coeff}.")
         check_update_settings(lr, loss_critic_type, max_grad_norm)
-        super().__init__(env, model, frames_per_batch, total_frames, seed, eval_episodes)
+        super().__init__(
+            env=env, model=model, frames_per_batch=frames_per_batch, total_frames=total_frames, seed=seed,
+            eval_episodes=eval_episodes,
+        )  # fmt: skip
         # records the concrete module's whole signature (Lightning reads every __init__ frame)
         self.save_hyperparameters(logger=False)
         # GAE is its own object (not registered: it holds no learnable state of its own).
@@ -89,23 +92,39 @@ class PPOBase(RLModule):
         self.loss_module: LossModule
         self.stop_kl: float | None = None  # PPO-clip's target-KL early stop (None: off)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    # ------------------------------------------------------------------ schedules
+    def num_iterations(self) -> int:
+        """N: policy iterations in the frame budget (every rank collects ``frames_per_batch``)."""
+        return math.ceil(self.total_frames / (self.frames_per_batch * self.world_size))
+
+    def anneal_fraction(self, iteration: int) -> float:
+        """1 - i / N for iteration i (0-based): the factor of the annealed schedules (CleanRL's rule)."""
+        return max(0.0, 1.0 - iteration / self.num_iterations())
+
+    def configure_optimizers(self) -> dict[str, Any]:
         # eps=1e-5 as in the PPO reference implementations (baselines, cleanrl, SB3)
-        return torch.optim.Adam(self.loss_module.parameters(), lr=self.hparams.lr, eps=1e-5)
+        optimizer = torch.optim.Adam(self.loss_module.parameters(), lr=self.hparams.lr, eps=1e-5)
+        factor = self.anneal_fraction if self.hparams.anneal_lr else (lambda _: 1.0)
+        # stepped once per iteration in on_train_epoch_end (manual optimization: Lightning does
+        # not step it); its state is in Lightning's checkpoints, so a resumed run anneals on time
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        self.lr_schedulers().step()
 
     def prepare_batch(self, batch: TensorDictBase) -> TensorDictBase:
         """GAE with the current critic (no grad): writes ``advantage`` and ``value_target``."""
-        self.anneal(self.progress_remaining())
+        self.anneal(self.anneal_fraction(self.iteration))
         with torch.no_grad():
             self.advantage_module(batch)
         return batch
 
     def anneal(self, frac: float) -> None:
-        """Schedules as a function of the remaining fraction of ``total_frames``."""
-        if self.hparams.anneal_lr and self._trainer is not None:
-            for group in self.optimizers().optimizer.param_groups:
-                group["lr"] = self.hparams.lr * frac
+        """Schedules other than the lr (which follows the LambdaLR) at the iteration's fraction."""
 
+    # ------------------------------------------------------------------ updates
     def minibatches(self, batch: TensorDictBase) -> Iterator[TensorDictBase]:
         """``ppo_epochs`` passes over the batch in random minibatches (sampling without replacement).
 
@@ -123,12 +142,15 @@ class PPOBase(RLModule):
             yield from buffer
 
     def update(self, batch: TensorDictBase) -> None:
+        """``ppo_epochs`` x minibatch optimizer steps. With a target KL, the iteration stops right
+        after the optimizer step of the first minibatch whose ``approx_kl`` (measured before that
+        step, against the batch's behaviour policy) exceeds the target: that minibatch's step is
+        taken, the remaining ones are skipped (as in SB3 and CleanRL's ``--target-kl``)."""
         self.stopped_early = False
         for minibatch in self.minibatches(batch):
             out = self.loss_module(minibatch)
             self.optimizer_step(self.total_loss(out), self.hparams.max_grad_norm)
             metrics = {key: out[key] for key in _LOGGED if key in out}
-            metrics["approx_kl"] = approx_kl(out)
             metrics.update(self.extra_metrics(out))
             self.accumulate(metrics)
             if self.stop_kl is not None and self._kl_exceeds(metrics["approx_kl"], self.stop_kl):
@@ -157,26 +179,27 @@ class PPOModule(PPOBase):
         minibatch_size: transitions per optimizer step; must divide ``frames_per_batch``.
         ppo_epochs: passes over each batch (one optimizer step per minibatch).
         lr: Adam learning rate.
-        anneal_lr: decay ``lr`` linearly to 0 over ``total_frames``.
+        anneal_lr: iteration i of N runs ``lr * (1 - i / N)``.
         gamma: discount.
         lmbda: GAE lambda.
         clip_epsilon: PPO ratio clip range.
-        anneal_clip_epsilon: decay ``clip_epsilon`` linearly to 0 over ``total_frames``.
+        anneal_clip_epsilon: iteration i of N clips at ``clip_epsilon * (1 - i / N)``.
         clip_value: also clip the value update to ``clip_epsilon`` around the old value.
-        target_kl: stop an iteration's remaining minibatch passes once the approximate KL
-            (``approx_kl``, the k3 estimator) of a minibatch exceeds it (``None``: off).
+        target_kl: stop an iteration's remaining minibatch passes right after the step of the
+            first minibatch whose ``approx_kl`` (k3) exceeds it (``None``: off).
         normalize_advantage: standardise advantages per minibatch.
         entropy_coeff: weight of the entropy bonus.
         critic_coeff: weight of the value loss.
         loss_critic_type: ``l1``, ``l2`` or ``smooth_l1``.
         max_grad_norm: clip the global gradient norm (``None``: no clipping).
-        seed: training env seed.
+        seed: seed of the initial weights, the training RNG and the training envs.
         eval_episodes: deterministic episodes per evaluation.
     """
 
     def __init__(
         self,
         env: ControlEnv,
+        *,
         model: MLPActorCritic | None = None,
         frames_per_batch: int = 512,
         total_frames: int = 100_000,
@@ -198,15 +221,17 @@ class PPOModule(PPOBase):
         seed: int = 0,
         eval_episodes: int = 10,
     ) -> None:
-        require(0 < clip_epsilon < 1, f"algo.clip_epsilon must be in (0, 1), got {clip_epsilon}.")
-        require(target_kl is None or target_kl > 0, f"algo.target_kl must be > 0 or null, got {target_kl}.")
+        require(0 < clip_epsilon < 1, f"clip_epsilon must be in (0, 1), got {clip_epsilon}.")
+        require(target_kl is None or target_kl > 0, f"target_kl must be > 0 or null, got {target_kl}.")
         super().__init__(
-            env, model, frames_per_batch, total_frames, minibatch_size, ppo_epochs, lr, anneal_lr, gamma,
-            lmbda, normalize_advantage, entropy_coeff, critic_coeff, loss_critic_type, max_grad_norm,
-            seed, eval_episodes,
+            env=env, model=model, frames_per_batch=frames_per_batch, total_frames=total_frames,
+            minibatch_size=minibatch_size, ppo_epochs=ppo_epochs, lr=lr, anneal_lr=anneal_lr, gamma=gamma,
+            lmbda=lmbda, normalize_advantage=normalize_advantage, entropy_coeff=entropy_coeff,
+            critic_coeff=critic_coeff, loss_critic_type=loss_critic_type, max_grad_norm=max_grad_norm,
+            seed=seed, eval_episodes=eval_episodes,
         )  # fmt: skip
         self.stop_kl = target_kl
-        self.loss_module = ClipPPOLoss(
+        self.loss_module = K3ClipPPOLoss(
             self.actor,
             self.critic,
             clip_epsilon=clip_epsilon,
@@ -219,6 +244,5 @@ class PPOModule(PPOBase):
         )
 
     def anneal(self, frac: float) -> None:
-        super().anneal(frac)
         if self.hparams.anneal_clip_epsilon:
             self.loss_module.clip_epsilon.fill_(self.hparams.clip_epsilon * frac)

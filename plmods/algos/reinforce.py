@@ -4,17 +4,19 @@ Policy-gradient theorem with Monte-Carlo returns (seeds 001, 003):
 
     grad J = E_tau[ sum_t grad log pi(a_t | s_t) * (G_t - b_t) ],   G_t = sum_{k>=t} gamma^(k-t) r_k
 
-One update per batch of whole episodes (torchrl's ``Collector(trajs_per_batch=...,
-traj_format="cat")``: episodes concatenated along time), so every G_t is an exact Monte-Carlo
-return. The batch size is given in episodes, or in frames (whole episodes until at least that many
+One update per batch of whole episodes, every step of them sampled by the current policy
+(REINFORCE is on-policy): each iteration resets every env (``Collector.reset()``) and collects the
+first ``episodes_per_batch / num_envs`` episodes of each env (``plmods.rollout.collector.
+whole_episodes``), concatenated along time, so every G_t is an exact Monte-Carlo return.
+torchrl's ``trajs_per_batch`` collector was used before: it keeps in-flight and queued episodes
+across updates, so 40-81% of a batch's steps had been sampled by earlier policies. The batch size
+is given in episodes, or in frames (rounds of one episode per env until at least that many
 frames). Baselines: ``none`` (b = 0), ``moving_average`` (b is a running
 mean of the batches' returns-to-go, updated after use so it never depends on the current actions)
 and ``value`` (b_t = V(s_t), a critic regressed on G_t).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from tensordict import TensorDictBase
@@ -25,6 +27,7 @@ from plmods.algos.base import RLModule, check_update_settings
 from plmods.envs.control import ControlEnv
 from plmods.errors import require
 from plmods.models.control import MLPActorCritic
+from plmods.rollout.collector import whole_episodes
 
 __all__ = ["BASELINES", "ReinforceModule", "returns_to_go"]
 
@@ -43,9 +46,10 @@ class ReinforceModule(RLModule):
     Args:
         env: env factory; built per rank in ``setup``.
         model: actor/critic factory (the critic is trained only with ``baseline=value``).
-        episodes_per_batch: whole episodes per policy update (``None``: use ``frames_per_update``).
-        frames_per_update: if set, whole episodes until at least this many frames per update
-            (instead of a number of episodes).
+        episodes_per_batch: whole episodes per policy update, a multiple of ``env.num_envs``
+            (each env contributes the same number; ``None``: use ``frames_per_update``).
+        frames_per_update: if set, rounds of one whole episode per env until at least this many
+            frames per update (instead of a number of episodes).
         frames_per_batch: collector polling size (frames stepped between trajectory checks;
             multiple of ``env.num_envs``); the update always sees whole episodes.
         total_frames: frame budget (frames of the episodes trained on).
@@ -56,13 +60,14 @@ class ReinforceModule(RLModule):
         lr: Adam learning rate.
         loss_critic_type: value loss for ``baseline=value`` (``l1``, ``l2``, ``smooth_l1``).
         max_grad_norm: clip the global gradient norm (``None``: no clipping).
-        seed: training env seed.
+        seed: seed of the initial weights, the training RNG and the training envs.
         eval_episodes: deterministic episodes per evaluation.
     """
 
     def __init__(
         self,
         env: ControlEnv,
+        *,
         model: MLPActorCritic | None = None,
         episodes_per_batch: int | None = 16,
         frames_per_update: int | None = None,
@@ -80,42 +85,45 @@ class ReinforceModule(RLModule):
     ) -> None:
         require(
             (episodes_per_batch is None) != (frames_per_update is None),
-            "set exactly one of algo.episodes_per_batch and algo.frames_per_update (the other null), "
+            "set exactly one of episodes_per_batch and frames_per_update (the other null), "
             f"got {episodes_per_batch} and {frames_per_update}.",
         )
         require(
-            episodes_per_batch is None or episodes_per_batch >= 1,
-            f"algo.episodes_per_batch must be >= 1, got {episodes_per_batch}.",
+            episodes_per_batch is None or (episodes_per_batch >= 1 and episodes_per_batch % env.num_envs == 0),
+            f"episodes_per_batch={episodes_per_batch} must be a positive multiple of env.num_envs={env.num_envs} "
+            "(every env contributes the same number of episodes).",
         )
         require(
             frames_per_update is None or frames_per_update >= 1,
-            f"algo.frames_per_update must be >= 1, got {frames_per_update}.",
+            f"frames_per_update must be >= 1, got {frames_per_update}.",
         )
-        require(0 < gamma <= 1, f"algo.gamma must be in (0, 1], got {gamma}.")
-        require(baseline in BASELINES, f"algo.baseline must be one of {list(BASELINES)}, got {baseline!r}.")
-        require(0 <= baseline_decay < 1, f"algo.baseline_decay must be in [0, 1), got {baseline_decay}.")
+        require(0 < gamma <= 1, f"gamma must be in (0, 1], got {gamma}.")
+        require(baseline in BASELINES, f"baseline must be one of {list(BASELINES)}, got {baseline!r}.")
+        require(0 <= baseline_decay < 1, f"baseline_decay must be in [0, 1), got {baseline_decay}.")
         check_update_settings(lr, loss_critic_type, max_grad_norm)
-        super().__init__(env, model, frames_per_batch, total_frames, seed, eval_episodes)
+        super().__init__(
+            env=env, model=model, frames_per_batch=frames_per_batch, total_frames=total_frames, seed=seed,
+            eval_episodes=eval_episodes,
+        )  # fmt: skip
         self.save_hyperparameters(logger=False)
         self.loss_module = ReinforceLoss(self.actor, self.critic, loss_critic_type=loss_critic_type)
         # running mean of returns-to-go; a buffer so it is checkpointed
         self.register_buffer("moving_baseline", torch.zeros(()))
         self.register_buffer("moving_baseline_initialized", torch.zeros((), dtype=torch.bool))
 
-    def collector_kwargs(self) -> dict[str, Any]:
-        # whole episodes concatenated along time: [frames], episodes delimited by ("next", "done")
-        return {"trajs_per_batch": self.hparams.episodes_per_batch or 1, "traj_format": "cat"}
-
     def next_collector_batch(self) -> TensorDictBase:
-        """One batch of episodes; in frames mode, episodes until ``frames_per_update`` is reached."""
-        target = self.hparams.frames_per_update
-        if target is None:
-            return super().next_collector_batch()
+        """Whole episodes of the current policy, ``[frames]``: ``episodes_per_batch / num_envs``
+        per env or, in frames mode, rounds of one per env until ``frames_per_update``."""
+        num_envs = self.env_factory.num_envs
         episodes, frames = [], 0
-        while frames < target:
-            episodes.append(super().next_collector_batch())
+        while True:
+            # every episode starts after this reset, so no step of an earlier policy is kept
+            self._collector.reset()
+            per_env = (self.hparams.episodes_per_batch or num_envs) // num_envs
+            episodes.append(whole_episodes(super().next_collector_batch, num_envs, per_env))
             frames += episodes[-1].numel()
-        return torch.cat(episodes, 0)
+            if self.hparams.frames_per_update is None or frames >= self.hparams.frames_per_update:
+                return torch.cat(episodes, 0) if len(episodes) > 1 else episodes[0]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.loss_module.parameters(), lr=self.hparams.lr)

@@ -78,7 +78,9 @@ class AdaptiveKL(Callback):
     Works with any LightningModule that exposes:
 
     - ``kl_coef``: the KL coefficient beta, a float attribute or property that this callback reads
-      and assigns (a Python float); the module maps it onto its loss;
+      and assigns (a Python float). The module owns beta and keeps it in its checkpoints (plmods'
+      modules hold it on their loss: a buffer for PPO-KL, checkpointed state for GRPO); this
+      callback stores no copy of it, so a checkpoint holds beta once;
     - ``measured_kl``: the KL measured over the last iteration (float or 0-dim tensor), or None when
       nothing was measured, in which case the iteration is skipped. The module sets it every
       iteration (a stale value would be used again); under DDP it must be the same on every rank.
@@ -87,7 +89,8 @@ class AdaptiveKL(Callback):
         target_kl: delta, the KL per iteration to steer towards (> 0).
         rule: ``"ppo"`` (halve / double outside [delta / 1.5, 1.5 delta]) or ``"proportional"``.
         initial_kl_coef: assigned to ``pl_module.kl_coef`` when training starts; None keeps the
-            module's own value. Ignored when resuming from a checkpoint holding this callback's state.
+            module's own value. Ignored when resuming from a checkpoint holding this callback's state
+            (the module's checkpointed beta is kept).
         min_kl_coef: lower bound of beta (> 0: both rules are multiplicative, 0 would stick).
         max_kl_coef: upper bound of beta (>= min_kl_coef).
         horizon: ``proportional`` rule: optimizer steps over which a constant error changes beta by
@@ -100,8 +103,8 @@ class AdaptiveKL(Callback):
         steps_per_update: ``proportional`` rule: n_steps; None uses the optimizer steps
             (``trainer.global_step`` delta, at least 1) since the last adaptation.
 
-    State (checkpointed): beta, the number of adaptations and a history of
-    ``(global_step, measured_kl, kl_coef after the adaptation)`` rows.
+    State (checkpointed): the number of adaptations and a history of
+    ``(global_step, measured_kl, kl_coef after the adaptation)`` rows; beta itself is the module's.
     """
 
     def __init__(
@@ -118,26 +121,25 @@ class AdaptiveKL(Callback):
         steps_per_update: int | None = None,
     ) -> None:
         super().__init__()
-        name = "callbacks.adaptive_kl"
-        require(target_kl > 0, f"{name}.target_kl must be > 0, got {target_kl}.")
-        require(rule in RULES, f"{name}.rule must be one of {', '.join(RULES)}, got {rule!r}.")
-        require(min_kl_coef > 0, f"{name}.min_kl_coef must be > 0, got {min_kl_coef}.")
+        require(target_kl > 0, f"target_kl must be > 0, got {target_kl}.")
+        require(rule in RULES, f"rule must be one of {', '.join(RULES)}, got {rule!r}.")
+        require(min_kl_coef > 0, f"min_kl_coef must be > 0, got {min_kl_coef}.")
         require(
             max_kl_coef >= min_kl_coef,
-            f"{name}.max_kl_coef={max_kl_coef} must be >= {name}.min_kl_coef={min_kl_coef}.",
+            f"max_kl_coef={max_kl_coef} must be >= min_kl_coef={min_kl_coef}.",
         )
         require(
             initial_kl_coef is None or min_kl_coef <= initial_kl_coef <= max_kl_coef,
-            f"{name}.initial_kl_coef must be null or in [min_kl_coef, max_kl_coef] = "
+            f"initial_kl_coef must be null or in [min_kl_coef, max_kl_coef] = "
             f"[{min_kl_coef}, {max_kl_coef}], got {initial_kl_coef}.",
         )
-        require(horizon >= 1, f"{name}.horizon must be >= 1, got {horizon}.")
-        require(proportional_clip > 0, f"{name}.proportional_clip must be > 0, got {proportional_clip}.")
-        require(interval in INTERVALS, f"{name}.interval must be one of epoch, step, got {interval!r}.")
-        require(bool(log_key), f"{name}.log_key must be a non-empty string, got {log_key!r}.")
+        require(horizon >= 1, f"horizon must be >= 1, got {horizon}.")
+        require(proportional_clip > 0, f"proportional_clip must be > 0, got {proportional_clip}.")
+        require(interval in INTERVALS, f"interval must be one of epoch, step, got {interval!r}.")
+        require(bool(log_key), f"log_key must be a non-empty string, got {log_key!r}.")
         require(
             steps_per_update is None or steps_per_update >= 1,
-            f"{name}.steps_per_update must be >= 1 or null, got {steps_per_update}.",
+            f"steps_per_update must be >= 1 or null, got {steps_per_update}.",
         )
         self.target_kl = float(target_kl)
         self.rule = rule
@@ -150,17 +152,20 @@ class AdaptiveKL(Callback):
         self.log_key = log_key
         self.steps_per_update = steps_per_update
 
+        # the module's beta as last seen or set here (a view for users, never checkpointed)
         self._kl_coef: float | None = None if initial_kl_coef is None else float(initial_kl_coef)
         self._num_updates = 0
         self._history: list[tuple[int, float, float]] = []
         # global_step of the last adaptation (or of the training start): n_steps counts from it
         self._last_step: int | None = None
-        # set by load_state_dict: the checkpoint's beta wins over initial_kl_coef at training start
+        # set by load_state_dict: the checkpoint's beta (restored into the module) wins over
+        # initial_kl_coef at training start
         self._restored = False
 
     @property
     def kl_coef(self) -> float | None:
-        """The current beta (None before training starts when no ``initial_kl_coef`` is set)."""
+        """The module's beta as this callback last set or saw it (None before training starts
+        when no ``initial_kl_coef`` is set)."""
         return self._kl_coef
 
     @property
@@ -189,14 +194,10 @@ class AdaptiveKL(Callback):
     # trainer.global_step and, under strategies that restore after setup, this callback's state.
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._restored:
-            pl_module.kl_coef = self._kl_coef
-            self._restored = False
-        elif self.initial_kl_coef is not None:
-            self._kl_coef = float(self.initial_kl_coef)
-            pl_module.kl_coef = self._kl_coef
-        else:
-            self._kl_coef = float(pl_module.kl_coef)
+        if self.initial_kl_coef is not None and not self._restored:
+            pl_module.kl_coef = float(self.initial_kl_coef)
+        self._restored = False
+        self._kl_coef = float(pl_module.kl_coef)
         if self._last_step is None:
             self._last_step = trainer.global_step
 
@@ -222,10 +223,10 @@ class AdaptiveKL(Callback):
             n_steps = self.steps_per_update
         else:
             n_steps = max(1, step - (self._last_step or 0))
-        # our float, not the module's value read back: a module storing beta in a float32 buffer
-        # would otherwise round it at every iteration and a resumed run would drift from it
+        # read back from its one owner, the module (a float32 buffer rounds it the same way in an
+        # uninterrupted and a resumed run, since the checkpoint holds that buffer)
         beta = next_kl_coef(
-            float(self._kl_coef),
+            float(pl_module.kl_coef),
             measured,
             self.target_kl,
             self.rule,
@@ -235,17 +236,16 @@ class AdaptiveKL(Callback):
         )
         beta = min(max(beta, self.min_kl_coef), self.max_kl_coef)
         pl_module.kl_coef = beta
-        self._kl_coef = beta
+        self._kl_coef = float(pl_module.kl_coef)
         self._num_updates += 1
-        self._history.append((step, measured, beta))
+        self._history.append((step, measured, self._kl_coef))
         self._last_step = step
         # batch_size=1: nothing to infer from a batch in an epoch-end hook
-        pl_module.log(self.log_key, beta, batch_size=1)
+        pl_module.log(self.log_key, self._kl_coef, batch_size=1)
 
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "kl_coef": self._kl_coef,
             "num_updates": self._num_updates,
             "history": [list(row) for row in self._history],
             "last_step": self._last_step,
@@ -253,9 +253,7 @@ class AdaptiveKL(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._kl_coef = state_dict["kl_coef"]
         self._num_updates = int(state_dict["num_updates"])
         self._history = [(int(s), float(d), float(b)) for s, d, b in state_dict["history"]]
         self._last_step = state_dict["last_step"]
-        # a checkpoint saved before training started has no beta to restore
-        self._restored = self._kl_coef is not None
+        self._restored = True

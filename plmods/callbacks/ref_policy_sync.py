@@ -53,8 +53,8 @@ class RefPolicySync(Callback):
 
     def __init__(self, sync_every: int = 64, alpha: float = 1.0) -> None:
         super().__init__()
-        require(sync_every >= 1, f"callbacks.ref_policy_sync.sync_every must be >= 1, got {sync_every}.")
-        require(0 < alpha <= 1, f"callbacks.ref_policy_sync.alpha must be in (0, 1], got {alpha}.")
+        require(sync_every >= 1, f"sync_every must be >= 1, got {sync_every}.")
+        require(0 < alpha <= 1, f"alpha must be in (0, 1], got {alpha}.")
         self.sync_every = sync_every
         self.alpha = float(alpha)
         self.last_sync_step = 0

@@ -29,14 +29,14 @@ __all__ = ["ControlEnv", "check_env_id"]
 
 
 def check_env_id(env_id: str) -> None:
-    """Raise a ``ValueError`` naming ``env.env_id`` and close valid ids if gymnasium lacks it."""
+    """Raise a ``ConfigError`` naming ``env_id`` and close valid ids if gymnasium lacks it."""
     registry = gym.envs.registry
     if env_id in registry:
         return
     close = difflib.get_close_matches(env_id, list(registry), n=5, cutoff=0.5)
     hint = f" Did you mean one of {close}?" if close else ""
     raise ConfigError(
-        f"env.env_id={env_id!r} is not a registered gymnasium environment.{hint} "
+        f"env_id={env_id!r} is not a registered gymnasium environment.{hint} "
         "Valid examples: CartPole-v1, Acrobot-v1, Pendulum-v1, MountainCarContinuous-v0."
     )
 
@@ -64,12 +64,12 @@ class ControlEnv:
     ) -> None:
         check_env_id(env_id)
         if num_envs < 1:
-            raise ConfigError(f"env.num_envs must be >= 1, got {num_envs}.")
+            raise ConfigError(f"num_envs must be >= 1, got {num_envs}.")
         self.env_id = env_id
         self.num_envs = num_envs
         self.obs_norm = obs_norm
         if reward_scale <= 0:
-            raise ConfigError(f"env.reward_scale must be > 0, got {reward_scale}.")
+            raise ConfigError(f"reward_scale must be > 0, got {reward_scale}.")
         self.reward_scale = reward_scale
         self.solved_threshold = solved_threshold
         self.max_episode_steps = max_episode_steps

@@ -52,9 +52,9 @@ class MLPActorCritic:
         orthogonal_init: bool = True,
     ) -> None:
         if activation not in _ACTIVATIONS:
-            raise ConfigError(f"model.activation={activation!r} is not one of {sorted(_ACTIVATIONS)}.")
+            raise ConfigError(f"activation={activation!r} is not one of {sorted(_ACTIVATIONS)}.")
         if not hidden_sizes or any(int(h) < 1 for h in hidden_sizes):
-            raise ConfigError(f"model.hidden_sizes must be positive ints, got {hidden_sizes}.")
+            raise ConfigError(f"hidden_sizes must be positive ints, got {hidden_sizes}.")
         self.hidden_sizes = [int(h) for h in hidden_sizes]
         self.activation = activation
         self.orthogonal_init = orthogonal_init

@@ -1,23 +1,41 @@
-"""A failure mid-run leaves the last good checkpoint intact and resumable."""
+"""A failure mid-run leaves the parameters and the last good checkpoint intact and resumable."""
 
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from tensordict import TensorDict
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from plmods.algos import PPOModule
 from plmods.envs import ControlEnv
 
-
-class ExplodesAtIteration3(PPOModule):
-    def update(self, batch):
-        if self.iteration == 2:  # third iteration: the loss turns NaN
-            self.total_loss(TensorDict({"loss_objective": torch.tensor(float("nan"))}, []))
-        super().update(batch)
+ENV = ControlEnv("CartPole-v1", num_envs=4, max_episode_steps=50)
+KW = {"frames_per_batch": 64, "minibatch_size": 32, "ppo_epochs": 2, "total_frames": 384, "eval_episodes": 2}
 
 
-def _fit(module, tmp_path, **kwargs):
+class NaNObservationAtIteration3(PPOModule):
+    """The third iteration's batch holds a NaN observation: the real loss (actor forward, ratio,
+    objective) turns NaN on the way to the optimizer step."""
+
+    def prepare_batch(self, batch):
+        batch = super().prepare_batch(batch)
+        if self.iteration == 2:
+            batch["observation"][0, 0, 0] = float("nan")
+        return batch
+
+
+class Snapshot(Callback):
+    """Parameters and last.ckpt bytes as they are when the third iteration starts."""
+
+    def __init__(self, ckpt):
+        self.ckpt = ckpt
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if pl_module.iteration == 2:
+            self.params = [p.detach().clone() for p in pl_module.loss_module.parameters()]
+            self.ckpt_bytes = self.ckpt.read_bytes()
+
+
+def _fit(module, tmp_path, callbacks=(), **kwargs):
     trainer = L.Trainer(
         max_epochs=6,
         logger=False,
@@ -28,27 +46,24 @@ def _fit(module, tmp_path, **kwargs):
         callbacks=[
             ModelCheckpoint(
                 dirpath=tmp_path, filename="last", save_on_train_epoch_end=True, enable_version_counter=False
-            )
+            ),
+            *callbacks,
         ],
     )
     trainer.fit(module, weights_only=False, **kwargs)
     return trainer
 
 
-def test_nan_loss_keeps_last_good_checkpoint(tmp_path):
-    env = ControlEnv("CartPole-v1", num_envs=4, max_episode_steps=50)
-    kwargs = {
-        "frames_per_batch": 64,
-        "minibatch_size": 32,
-        "ppo_epochs": 2,
-        "total_frames": 384,
-        "eval_episodes": 2,
-    }
+def test_nan_loss_never_reaches_the_parameters_or_the_last_checkpoint(tmp_path):
+    snapshot = Snapshot(tmp_path / "last.ckpt")
+    module = NaNObservationAtIteration3(ENV, **KW)
     with pytest.raises(FloatingPointError, match="non-finite loss at iteration 2"):
-        _fit(ExplodesAtIteration3(env, **kwargs), tmp_path)
+        _fit(module, tmp_path, [snapshot])
+    after = list(module.loss_module.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(snapshot.params, after, strict=True))
+    assert (tmp_path / "last.ckpt").read_bytes() == snapshot.ckpt_bytes
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert ckpt["plmods"]["iteration"] == 2
-    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
-    module = PPOModule(env, **kwargs)
-    _fit(module, tmp_path, ckpt_path=tmp_path / "last.ckpt")
-    assert module.iteration == 6 and module.frames == 384
+    resumed = PPOModule(ENV, **KW)
+    _fit(resumed, tmp_path, ckpt_path=tmp_path / "last.ckpt")
+    assert resumed.iteration == 6 and resumed.frames == 384

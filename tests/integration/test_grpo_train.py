@@ -36,7 +36,9 @@ def test_grpo_addition_preset_smoke(run_train, cache):
     assert s["sft"]["steps"] == 20 and len(s["samples"]) == 4
     rows = _metrics(run)
     assert len(_column(rows, "train/loss_objective")) == 4  # every iteration updated
-    assert all(0 <= v <= 1 for v in _column(rows, "train/clip_fraction"))
+    # mu = 2 passes of one step: the first sees ratio 1 (old log-probs are the sampler's), so
+    # nothing is clipped there and the iteration mean is at most 1/2
+    assert all(v <= 0.5 for v in _column(rows, "train/clip_fraction"))
     assert _column(rows, "train/reward/length") and _column(rows, "train/reward/correct")
     assert _column(rows, "perf/generated_tokens_per_s")
     assert (run.run_dir / "policy" / "model.safetensors").is_file()

@@ -8,12 +8,12 @@ from plmods.errors import ConfigError
 
 
 def test_unknown_env_id_names_setting_and_suggests():
-    with pytest.raises(ConfigError, match=r"env.env_id='CartPole-v2'.*CartPole-v1"):
+    with pytest.raises(ConfigError, match=r"^env_id='CartPole-v2'.*CartPole-v1"):
         ControlEnv("CartPole-v2")
 
 
 def test_num_envs_must_be_positive():
-    with pytest.raises(ConfigError, match="env.num_envs"):
+    with pytest.raises(ConfigError, match="^num_envs"):
         ControlEnv("CartPole-v1", num_envs=0)
 
 

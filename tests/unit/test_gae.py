@@ -1,8 +1,6 @@
-"""GAE as PPOModule uses it (torchrl ``GAE``), against hand-computed numbers.
-
-Trajectory of 3 steps, observation s = [1, 2, 3], next observation s' = [2, 3, 4], V(s) = s,
-rewards 1, gamma = lmbda = 0.5:  delta_t = r_t + gamma * V(s'_t) * (1 - terminated_t) - V(s_t)
-and A_t = delta_t + gamma * lmbda * (1 - done_t) * A_{t+1}.
+"""GAE as PPOModule uses it (torchrl ``GAE``), against hand-computed numbers at a real episode
+cut: delta_t = r_t + gamma * V(s'_t) * (1 - terminated_t) - V(s_t) and
+A_t = delta_t + gamma * lmbda * (1 - done_t) * A_{t+1}.
 """
 
 import pytest
@@ -24,19 +22,21 @@ def _critic_identity() -> ValueOperator:
     return ValueOperator(layer, in_keys=["observation"])
 
 
-def _trajectory(terminated_at=None, truncated_at=None) -> TensorDict:
-    T = 3
-    terminated = torch.zeros(1, T, 1, dtype=torch.bool)
-    truncated = torch.zeros(1, T, 1, dtype=torch.bool)
-    if terminated_at is not None:
-        terminated[0, terminated_at] = True
-    if truncated_at is not None:
-        truncated[0, truncated_at] = True
+def _cut_trajectory(cut: str | None) -> TensorDict:
+    """4 steps with an episode end after t = 1 (``cut``: terminated, truncated, or None for no
+    end), the next episode starting from a reset observation:
+    s = [1, 2, 5, 6], s' = [2, 3, 6, 7] (s'_1 = 3 is the true final observation, not s_2 = 5)."""
+    T = 4
+    end = torch.zeros(1, T, 1, dtype=torch.bool)
+    if cut is not None:
+        end[0, 1] = True
+    terminated = end if cut == "terminated" else torch.zeros_like(end)
+    truncated = end if cut == "truncated" else torch.zeros_like(end)
     return TensorDict(
         {
-            "observation": torch.tensor([[[1.0], [2.0], [3.0]]]),
+            "observation": torch.tensor([[[1.0], [2.0], [5.0], [6.0]]]),
             "next": {
-                "observation": torch.tensor([[[2.0], [3.0], [4.0]]]),
+                "observation": torch.tensor([[[2.0], [3.0], [6.0], [7.0]]]),
                 "reward": torch.ones(1, T, 1),
                 "terminated": terminated,
                 "truncated": truncated,
@@ -47,23 +47,26 @@ def _trajectory(terminated_at=None, truncated_at=None) -> TensorDict:
     )
 
 
+# gamma = lmbda = 0.5, V(s) = s; deltas t2 = 1 + 0.5 * 6 - 5 = -1, t3 = 1 + 0.5 * 7 - 6 = -1.5,
+# so A3 = -1.5 and A2 = -1 + 0.25 * (-1.5) = -1.375 in every case; t0: delta0 = 1 + 0.5 * 2 - 1 = 1.
 @pytest.mark.parametrize(
-    ("case", "kwargs", "advantage"),
+    ("cut", "advantage"),
     [
-        # deltas 1.0, 0.5, 0.0; A2 = 0, A1 = 0.5, A0 = 1 + 0.25 * 0.5
-        ("no episode end", {}, [1.125, 0.5, 0.0]),
-        # termination at t=1: delta1 = 1 - 2 = -1 (no bootstrap) and the trace is cut
-        ("terminated", {"terminated_at": 1}, [0.75, -1.0, 0.0]),
-        # time-limit truncation at t=1: bootstrap V(s'_1) = 3 (delta1 = 0.5), trace cut
-        ("truncated", {"truncated_at": 1}, [1.125, 0.5, 0.0]),
+        # terminated at t1: no bootstrap, delta1 = 1 - 2 = -1; trace cut: A1 = -1, A0 = 1 - 0.25
+        ("terminated", [0.75, -1.0, -1.375, -1.5]),
+        # truncated at t1: bootstrap from the true final V(s'_1) = 3, delta1 = 1 + 1.5 - 2 = 0.5;
+        # trace cut: A1 = 0.5, A0 = 1 + 0.25 * 0.5
+        ("truncated", [1.125, 0.5, -1.375, -1.5]),
+        # no cut: A1 = 0.5 + 0.25 * (-1.375) = 0.15625, A0 = 1 + 0.25 * 0.15625
+        (None, [1.0390625, 0.15625, -1.375, -1.5]),
     ],
 )
-def test_gae_hand_computed(case, kwargs, advantage):
+def test_gae_at_a_real_episode_cut(cut, advantage):
     gae = GAE(gamma=0.5, lmbda=0.5, value_network=_critic_identity())
-    td = _trajectory(**kwargs)
+    td = _cut_trajectory(cut)
     with torch.no_grad():
         gae(td)
-    expected = torch.tensor(advantage).view(1, 3, 1)
+    expected = torch.tensor(advantage).view(1, 4, 1)
     torch.testing.assert_close(td["advantage"], expected, atol=1e-6, rtol=0)
     # value target = advantage + V(s)
     torch.testing.assert_close(td["value_target"], expected + td["observation"], atol=1e-6, rtol=0)

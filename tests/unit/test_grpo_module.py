@@ -83,7 +83,7 @@ def test_beta_zero_builds_no_reference_and_beta_positive_freezes_one():
     before = [p.clone() for p in module.ref_policy.parameters()]
     _fit(module)
     assert all(torch.equal(a, b) for a, b in zip(before, module.ref_policy.parameters(), strict=True))
-    assert module.measured_kl is not None and module.measured_kl >= 0
+    assert module.measured_kl is not None and module.measured_kl > 0  # the policy moved off the reference
 
 
 def test_uniform_groups_are_dropped():

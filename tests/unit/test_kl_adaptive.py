@@ -95,27 +95,27 @@ def test_unknown_rule_raises():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"target_kl": -1}, "callbacks.adaptive_kl.target_kl must be > 0, got -1."),
-        ({"target_kl": 0.0}, "callbacks.adaptive_kl.target_kl must be > 0, got 0.0."),
+        ({"target_kl": -1}, "target_kl must be > 0, got -1."),
+        ({"target_kl": 0.0}, "target_kl must be > 0, got 0.0."),
         (
             {"rule": "adaptive"},
-            "callbacks.adaptive_kl.rule must be one of ppo, proportional, got 'adaptive'.",
+            "rule must be one of ppo, proportional, got 'adaptive'.",
         ),
-        ({"min_kl_coef": 0.0}, "callbacks.adaptive_kl.min_kl_coef must be > 0, got 0.0."),
+        ({"min_kl_coef": 0.0}, "min_kl_coef must be > 0, got 0.0."),
         (
             {"min_kl_coef": 2.0, "max_kl_coef": 1.0},
-            "callbacks.adaptive_kl.max_kl_coef=1.0 must be >= callbacks.adaptive_kl.min_kl_coef=2.0.",
+            "max_kl_coef=1.0 must be >= min_kl_coef=2.0.",
         ),
         (
             {"initial_kl_coef": 200.0},
-            "callbacks.adaptive_kl.initial_kl_coef must be null or in [min_kl_coef, max_kl_coef] = "
+            "initial_kl_coef must be null or in [min_kl_coef, max_kl_coef] = "
             "[0.0001, 100.0], got 200.0.",
         ),
-        ({"horizon": 0}, "callbacks.adaptive_kl.horizon must be >= 1, got 0."),
-        ({"proportional_clip": 0.0}, "callbacks.adaptive_kl.proportional_clip must be > 0, got 0.0."),
-        ({"interval": "batch"}, "callbacks.adaptive_kl.interval must be one of epoch, step, got 'batch'."),
-        ({"log_key": ""}, "callbacks.adaptive_kl.log_key must be a non-empty string, got ''."),
-        ({"steps_per_update": 0}, "callbacks.adaptive_kl.steps_per_update must be >= 1 or null, got 0."),
+        ({"horizon": 0}, "horizon must be >= 1, got 0."),
+        ({"proportional_clip": 0.0}, "proportional_clip must be > 0, got 0.0."),
+        ({"interval": "batch"}, "interval must be one of epoch, step, got 'batch'."),
+        ({"log_key": ""}, "log_key must be a non-empty string, got ''."),
+        ({"steps_per_update": 0}, "steps_per_update must be >= 1 or null, got 0."),
     ],
 )
 def test_constructor_rejects_bad_settings(kwargs, message):
@@ -187,15 +187,16 @@ def test_n_steps_defaults_to_optimizer_steps_since_last_adaptation():
     assert callback.history == [(5, 9.0, callback.kl_coef)]
 
 
-def test_state_dict_round_trip_wins_over_initial_kl_coef():
+def test_state_dict_round_trip_keeps_the_modules_beta_over_initial_kl_coef():
     source = AdaptiveKL(target_kl=DELTA, initial_kl_coef=1.0)
     _one_iteration(source, FakeModule(1.0), 0.02, steps=3)  # doubled: 2.0
     state = source.state_dict()
-    assert state == {"kl_coef": 2.0, "num_updates": 1, "history": [[3, 0.02, 2.0]], "last_step": 3}
+    # beta is the module's (its checkpoint holds it): not stored a second time here
+    assert state == {"num_updates": 1, "history": [[3, 0.02, 2.0]], "last_step": 3}
 
     restored = AdaptiveKL(target_kl=DELTA, initial_kl_coef=0.25)
     restored.load_state_dict(state)
-    module = FakeModule(9.0)
+    module = FakeModule(2.0)  # as restored from the module's checkpoint
     restored.on_train_start(SimpleNamespace(global_step=3), module)
     assert module.kl_coef == 2.0 and restored.kl_coef == 2.0
     assert restored.num_updates == 1 and restored.history == [(3, 0.02, 2.0)]
@@ -241,6 +242,13 @@ class KLModule(LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    # the module owns beta, so its checkpoint carries it (the protocol's one requirement)
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["kl_coef"] = self.kl_coef
+
+    def on_load_checkpoint(self, checkpoint):
+        self.kl_coef = checkpoint["kl_coef"]
 
     def train_dataloader(self):
         g = torch.Generator().manual_seed(0)

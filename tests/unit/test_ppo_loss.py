@@ -101,13 +101,17 @@ def test_non_finite_loss_raises_before_the_step(module):
         module.total_loss(out)
 
 
-def test_approx_kl_is_k3(module):
-    from plmods.algos.ppo import approx_kl
-
-    ratios = [0.5, 1.5, 0.5, 1.5]
+def test_approx_kl_is_k3_per_element(module):
+    ratios = [0.5, 1.5, 0.25, 1.5]
     td, _ = _batch(module, ratios, [1.0, 1.0, -1.0, -1.0], value_offsets=[0.0] * 4)
     out = module.loss_module(td).detach()
-    # mean((r - 1) - log r)
+    # mean((r - 1) - log r) = (0.193147 + 0.094535 + 0.636294 + 0.094535) / 4
     expected = sum((r - 1) - math.log(r) for r in ratios) / 4
-    assert float(approx_kl(out)) == pytest.approx(expected, abs=1e-5)
-    assert expected > 0
+    assert expected == pytest.approx(0.2546278, abs=1e-7)
+    assert float(out["approx_kl"]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_approx_kl_of_identical_policies_is_exactly_zero(module):
+    # ratio 1 everywhere: k3 = expm1(0) - 0 = 0 exactly (the cancelling form gave -1.4e-9)
+    td, _ = _batch(module, [1.0] * 8, [1.0, -1.0] * 4, value_offsets=[0.0] * 8)
+    assert float(module.loss_module(td)["approx_kl"]) == 0.0

@@ -97,33 +97,54 @@ def test_loss_actor_is_minus_mean_logprob_times_advantage():
 @pytest.mark.parametrize(
     ("kwargs", "setting"),
     [
-        ({"baseline": "mean"}, "algo.baseline"),
-        ({"episodes_per_batch": 0}, "algo.episodes_per_batch"),
-        ({"baseline_decay": 1.0}, "algo.baseline_decay"),
-        ({"lr": 0}, "algo.lr"),
+        ({"baseline": "mean"}, "baseline"),
+        ({"episodes_per_batch": 0}, "episodes_per_batch"),
+        ({"episodes_per_batch": 6}, "episodes_per_batch=6 must be a positive multiple of env.num_envs=4"),
+        ({"baseline_decay": 1.0}, "baseline_decay"),
+        ({"lr": 0}, "lr"),
     ],
 )
 def test_bad_settings(kwargs, setting):
-    with pytest.raises(ConfigError, match=re.escape(setting)):
+    with pytest.raises(ConfigError, match="^" + re.escape(setting)):
         _module(**kwargs)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "check"),
     [
-        ({"episodes_per_batch": 5}, lambda batch: int(batch["next", "done"].sum()) == 5),
-        ({"episodes_per_batch": None, "frames_per_update": 300}, lambda batch: batch.numel() >= 300),
+        # 8 episodes over 4 envs: the first two of every env
+        ({"episodes_per_batch": 8}, lambda batch: int(batch["next", "done"].sum()) == 8),
+        # rounds of one episode per env until at least 300 frames
+        (
+            {"episodes_per_batch": None, "frames_per_update": 300},
+            lambda batch: batch.numel() >= 300 and int(batch["next", "done"].sum()) % 4 == 0,
+        ),
     ],
 )
-def test_batches_are_whole_episodes(kwargs, check):
+def test_every_batch_is_whole_fresh_episodes_of_the_current_policy(kwargs, check):
+    """Three batches in a row (not only the first): each is whole episodes that start at a reset
+    (step_count 1 after every done), and every stored log-prob is the current policy's."""
     module = _module(**kwargs)
     module.setup("fit")
-    batch = module.collect()
-    done = batch["next", "done"].squeeze(-1)
-    assert check(batch)
-    assert bool(done[-1])  # ends with a complete episode
-    # steps of one episode share a trajectory id, and ids change only after a done
-    ids = batch["collector", "traj_ids"]
-    assert ((ids[1:] != ids[:-1]) <= done[:-1]).all()
-    assert module.frames == batch.numel()
+    frames = 0
+    for _ in range(3):
+        batch = module.collect()
+        frames += batch.numel()
+        done = batch["next", "done"].squeeze(-1)
+        assert check(batch)
+        assert bool(done[-1])  # ends with a complete episode
+        steps = batch["next", "step_count"].squeeze(-1)
+        starts = torch.cat([torch.tensor([True]), done[:-1]])
+        assert (steps[starts] == 1).all() and (steps[~starts] > 1).all()  # no fragment of an older episode
+        # steps of one episode share a trajectory id, and ids change only after a done
+        ids = batch["collector", "traj_ids"]
+        assert ((ids[1:] != ids[:-1]) <= done[:-1]).all()
+        with torch.no_grad():
+            current = module.actor.get_dist(batch.select("observation")).log_prob(batch["action"])
+        torch.testing.assert_close(batch["action_log_prob"], current, atol=1e-5, rtol=0)
+        # an update between batches: the next batch must come from the new policy
+        with torch.no_grad():
+            for p in module.loss_module.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    assert module.frames == frames
     module.teardown("fit")

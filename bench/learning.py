@@ -95,11 +95,14 @@ def main() -> None:
     parser.add_argument("--experiments", default="ppo_cartpole,ppo_kl_cartpole,reinforce_cartpole")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", default="bench/results/learning.json")
+    parser.add_argument("--runs-dir", default=None, help="keep every run's directory here (default: a temporary one)")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every run")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
+        if args.runs_dir:
+            tmp = args.runs_dir
         for experiment in args.experiments.split(","):
             runs = [run_one(experiment, seed, args.overrides, Path(tmp)) for seed in seeds]
             results.append(summarize(experiment, runs))

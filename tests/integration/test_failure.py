@@ -13,13 +13,13 @@ KW = {"frames_per_batch": 64, "minibatch_size": 32, "ppo_epochs": 2, "total_fram
 
 
 class NaNObservationAtIteration3(PPOModule):
-    """The third iteration's batch holds a NaN observation: the real loss (actor forward, ratio,
-    objective) turns NaN on the way to the optimizer step."""
+    """The third iteration's batch holds NaN observations: the real loss (actor forward, ratio,
+    objective) turns NaN on the way to the iteration's first optimizer step."""
 
     def prepare_batch(self, batch):
         batch = super().prepare_batch(batch)
         if self.iteration == 2:
-            batch["observation"][0, 0, 0] = float("nan")
+            batch["observation"][..., 0] = float("nan")
         return batch
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import statistics
 import time
 import warnings
@@ -272,7 +273,8 @@ def run_bare(s: Settings, seed: int) -> Result:
     seed_all(seed)
 
     factory = ControlEnv("CartPole-v1", num_envs=s.num_envs)
-    actor, critic = MLPActorCritic().build(factory.make(num_envs=1))
+    actor, critic = MLPActorCritic().build(factory.make(num_envs=1))  # seeded, as PPOModule(seed=...)
+    seed_all(seed)  # PPOModule seeds the training RNG again in setup("fit")
     loss_module = ClipPPOLoss(
         actor,
         critic,
@@ -311,9 +313,10 @@ def run_bare(s: Settings, seed: int) -> Result:
             batch = next(collector_iter)
         window.add_batch(batch, frames)
         frames += batch.numel()
-        iteration += 1
         with timers("gae"):
-            frac = max(0.0, 1.0 - frames / s.total_frames)
+            # iteration i of N runs 1 - i / N (PPOModule's LambdaLR and clip annealing)
+            frac = max(0.0, 1.0 - iteration / math.ceil(s.total_frames / s.frames_per_batch))
+            iteration += 1
             for group in optimizer.param_groups:
                 group["lr"] = s.lr * frac
             loss_module.clip_epsilon.fill_(clip_epsilon * frac)

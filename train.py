@@ -5,7 +5,7 @@ Examples::
     python train.py                                   # PPO on CartPole-v1 until solved
     python train.py experiment=ppo_acrobot
     python train.py experiment=grpo_addition            # SFT warm-up, then GRPO on a tiny LM
-    python train.py algo=ppo env=acrobot trainer=ddp_sim algo.clip_epsilon=0.1
+    python train.py algo=ppo env=acrobot trainer=ddp_sim algo.loss.clip_epsilon=0.1
     python train.py -m algo.lr=3e-4,1e-3 seed=0,1,2     # sweep
     python train.py ckpt_path=outputs/.../checkpoints/last.ckpt   # resume
 """

@@ -2,7 +2,7 @@
 
 What it measures, per seed and for each variant, back to back in one process:
 
-* ``plmods``: ``PPOModule`` trained by a Lightning ``Trainer`` (validation every ``--eval-every``
+* ``plmods``: ``ControlModule.ppo`` trained by a Lightning ``Trainer`` (validation every ``--eval-every``
   iterations, ``EarlyStopping`` at the threshold).
 * ``bare``: the same objects without Lightning: ``ControlEnv.make``, ``MLPActorCritic.build``, torchrl
   ``Collector``, ``GAE``, ``ClipPPOLoss``, ``ReplayBuffer``, Adam(eps=1e-5), the same lr / clip
@@ -161,14 +161,14 @@ def run_plmods(s: Settings, seed: int) -> Result:
     from lightning import Callback, Trainer
     from lightning.pytorch.callbacks import EarlyStopping
 
-    from plmods.algos.ppo import PPOModule
+    from plmods.algos import ControlModule
     from plmods.envs.control import ControlEnv
 
     timers = Timers()
     window = TrainWindow(s.threshold)
 
-    class TimedPPO(PPOModule):
-        """PPOModule with phase timers; behaviour unchanged."""
+    class TimedPPO(ControlModule):
+        """ControlModule (PPO) with phase timers; behaviour unchanged."""
 
         def collect(self):
             frames_before = self.frames
@@ -208,11 +208,11 @@ def run_plmods(s: Settings, seed: int) -> Result:
             self.count += 1
 
     seed_all(seed)
-    module = TimedPPO(
-        env=ControlEnv("CartPole-v1", num_envs=s.num_envs),
+    module = TimedPPO.ppo(
+        ControlEnv("CartPole-v1", num_envs=s.num_envs),
         frames_per_batch=s.frames_per_batch,
         minibatch_size=s.minibatch_size,
-        ppo_epochs=s.ppo_epochs,
+        epochs=s.ppo_epochs,
         lr=s.lr,
         gamma=s.gamma,
         lmbda=s.lmbda,
@@ -267,14 +267,14 @@ def run_bare(s: Settings, seed: int) -> Result:
     from plmods.models.control import MLPActorCritic
     from plmods.rollout.evaluation import first_episode_returns
 
-    clip_epsilon, max_grad_norm = 0.2, 0.5  # PPOModule defaults
+    clip_epsilon, max_grad_norm = 0.2, 0.5  # ControlModule.ppo defaults
     timers = Timers()
     window = TrainWindow(s.threshold)
     seed_all(seed)
 
     factory = ControlEnv("CartPole-v1", num_envs=s.num_envs)
-    actor, critic = MLPActorCritic().build(factory.make(num_envs=1))  # seeded, as PPOModule(seed=...)
-    seed_all(seed)  # PPOModule seeds the training RNG again in setup("fit")
+    actor, critic = MLPActorCritic().build(factory.make(num_envs=1))  # seeded, as ControlModule(seed=...)
+    seed_all(seed)  # ControlModule seeds the training RNG again in setup("fit")
     loss_module = ClipPPOLoss(
         actor,
         critic,
@@ -314,7 +314,7 @@ def run_bare(s: Settings, seed: int) -> Result:
         window.add_batch(batch, frames)
         frames += batch.numel()
         with timers("gae"):
-            # iteration i of N runs 1 - i / N (PPOModule's LambdaLR and clip annealing)
+            # iteration i of N runs 1 - i / N (ControlModule's LambdaLR and clip annealing)
             frac = max(0.0, 1.0 - iteration / math.ceil(s.total_frames / s.frames_per_batch))
             iteration += 1
             for group in optimizer.param_groups:
@@ -323,7 +323,7 @@ def run_bare(s: Settings, seed: int) -> Result:
             with torch.no_grad():
                 gae(batch)
         with timers("update"):
-            buffer = ReplayBuffer(  # a fresh buffer per iteration, as PPOModule.minibatches
+            buffer = ReplayBuffer(  # a fresh buffer per iteration, as ControlModule.minibatches
                 storage=LazyTensorStorage(s.frames_per_batch),
                 sampler=SamplerWithoutReplacement(),
                 batch_size=s.minibatch_size,

@@ -37,7 +37,7 @@ def _in_config_terms(error: ConfigError, path: str | None, node: Any) -> ConfigE
     keys = [k for k in node if k != "_target_"]
     if not keys:
         return error
-    pattern = re.compile(rf"(?<![\w.])({'|'.join(map(re.escape, keys))})(?=[=\s,)]|$)")
+    pattern = re.compile(rf"(?<![\w.])({'|'.join(map(re.escape, keys))})(?=[=\s,).]|$)")
     return ConfigError(pattern.sub(lambda m: f"{path}.{m.group(1)}", str(error)))
 
 
@@ -111,7 +111,7 @@ def summarize(module: Any, cfg: DictConfig, process_s: float) -> dict[str, Any]:
     monitor = cfg.get("monitor")
     monitored = [row[monitor] for row in module.val_history if monitor in row]
     return {
-        "algo": type(module).__name__,
+        "algo": getattr(module, "algorithm", type(module).__name__),
         "seed": cfg.get("seed"),
         "iterations": module.iteration,
         "wall_s": round(module.train_seconds, 3),

@@ -19,7 +19,7 @@ PPO_FAST = (
     "debug=fast",
     "algo.frames_per_batch=64",
     "algo.minibatch_size=32",
-    "algo.ppo_epochs=2",
+    "algo.epochs=2",
     "algo.total_frames=256",
 )
 

@@ -1,8 +1,6 @@
 from plmods.algos.base import RLModule
+from plmods.algos.control import ControlModule
 from plmods.algos.iteration import IterationModule
-from plmods.algos.ppo import PPOBase, PPOModule
-from plmods.algos.ppo_kl import PPOKLModule
-from plmods.algos.reinforce import ReinforceModule
 
 
 def __getattr__(name: str):
@@ -14,4 +12,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["GRPOModule", "IterationModule", "PPOBase", "PPOKLModule", "PPOModule", "RLModule", "ReinforceModule"]
+__all__ = ["ControlModule", "GRPOModule", "IterationModule", "RLModule"]

@@ -34,22 +34,10 @@ from plmods.utils import rng_state
 __all__ = ["RLModule"]
 
 
-def check_update_settings(lr: float, loss_critic_type: str, max_grad_norm: float | None) -> None:
-    """Validation shared by every algorithm's optimizer settings (named as the constructor arguments)."""
-    require(lr > 0, f"lr must be > 0, got {lr}.")
-    require(
-        loss_critic_type in ("l1", "l2", "smooth_l1"),
-        f"loss_critic_type must be one of l1, l2, smooth_l1, got {loss_critic_type!r}.",
-    )
-    require(
-        max_grad_norm is None or max_grad_norm > 0,
-        f"max_grad_norm must be > 0 or null, got {max_grad_norm}.",
-    )
-
-
 class RLModule(IterationModule):
-    """Base of the control modules. Subclasses build ``self.loss_module`` and implement
-    ``prepare_batch`` (e.g. advantages) and ``update`` (the optimizer steps of one iteration).
+    """Base of ``ControlModule``: collector and env lifecycle, evaluation, frame budget, resume.
+    The subclass builds ``self.loss_module`` and implements ``prepare_batch`` (advantages) and
+    ``update`` (the optimizer steps of one iteration).
 
     Args:
         env: env factory (``ControlEnv``); the env itself is built in ``setup``.

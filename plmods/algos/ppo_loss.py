@@ -24,6 +24,14 @@ __all__ = ["K3ClipPPOLoss", "K3KLPENPPOLoss"]
 class _K3Mixin:
     """Adds ``approx_kl`` (k3 per element, then the mean) to a torchrl PPO loss's output."""
 
+    reports_approx_kl = True
+
+    def __init__(self, *args, entropy_bonus: bool | None = None, **kwargs) -> None:
+        # entropy_bonus follows entropy_coeff unless given: one setting, not two that must agree
+        if entropy_bonus is None:
+            entropy_bonus = kwargs.get("entropy_coeff", 0.01) > 0  # 0.01: torchrl's default
+        super().__init__(*args, entropy_bonus=entropy_bonus, **kwargs)
+
     def _log_weight(self, tensordict: TensorDictBase, adv_shape: torch.Size):
         out = super()._log_weight(tensordict, adv_shape)  # (log_weight, dist, kl_approx, log_is_weight)
         with torch.no_grad():

@@ -194,10 +194,13 @@ class AdaptiveKL(Callback):
     # trainer.global_step and, under strategies that restore after setup, this callback's state.
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.initial_kl_coef is not None and not self._restored:
-            pl_module.kl_coef = float(self.initial_kl_coef)
+        try:
+            if self.initial_kl_coef is not None and not self._restored:
+                pl_module.kl_coef = float(self.initial_kl_coef)
+            self._kl_coef = float(pl_module.kl_coef)
+        except AttributeError as err:  # e.g. a loss without a KL penalty behind the property
+            raise ConfigError(f"callbacks.adaptive_kl needs a KL coefficient to adapt: {err}") from None
         self._restored = False
-        self._kl_coef = float(pl_module.kl_coef)
         if self._last_step is None:
             self._last_step = trainer.global_step
 

@@ -13,7 +13,17 @@ import pytest
         ),
         (["algo.lr=0"], "algo.lr must be > 0"),
         (["algo.lr=-0.1"], "algo.lr must be > 0"),
-        (["algo.clip_epsilon=0"], "algo.clip_epsilon must be in (0, 1)"),
+        (["algo.loss.clip_epsilon=0"], "algo.loss.clip_epsilon must be in (0, 1), got 0"),
+        (["algo.advantage.gamma=1.5"], "algo.advantage.gamma must be in (0, 1], got 1.5"),
+        (["algo.epochs=0"], "algo.epochs must be >= 1, got 0"),
+        (
+            ["algo=reinforce", "algo.episodes_per_batch=6"],
+            "algo.episodes_per_batch=6 must be a positive multiple of env.num_envs=4",
+        ),
+        (["algo=reinforce", "algo.advantage.baseline=mean"], "algo.advantage.baseline must be one of"),
+        (["algo.target_kl=0.01", "algo=reinforce"], "algo.target_kl works only with K3ClipPPOLoss or K3KLPENPPOLoss"),
+        (["callbacks=[default,adaptive_kl]", "callbacks.adaptive_kl.target_kl=0"], "callbacks.adaptive_kl.target_kl must be > 0"),
+        (["callbacks=[default,adaptive_kl]"], "callbacks.adaptive_kl needs a KL coefficient to adapt"),
         (["ckpt_path=/no/such/last.ckpt"], "ckpt_path='/no/such/last.ckpt' does not exist"),
     ],
 )

@@ -76,15 +76,15 @@ def test_callback_options_instantiate(compose_cfg, callbacks):
 
 def test_default_is_ppo_on_cartpole_until_solved(compose_cfg):
     cfg = compose_cfg()
-    assert cfg.algo._target_ == "plmods.algos.PPOModule"
+    assert cfg.algo._target_ == "plmods.algos.ControlModule"
     assert cfg.env.env_id == "CartPole-v1"
     assert cfg.callbacks.early_stopping.stopping_threshold == 475
     assert cfg.logger.wandb._target_ == "plmods.loggers.wandb_logger"
 
 
 def test_command_line_style_overrides(compose_cfg):
-    cfg = compose_cfg("algo=ppo", "env=acrobot", "trainer=ddp_sim", "algo.clip_epsilon=0.1")
-    assert cfg.algo.clip_epsilon == 0.1
+    cfg = compose_cfg("algo=ppo", "env=acrobot", "trainer=ddp_sim", "algo.loss.clip_epsilon=0.1")
+    assert cfg.algo.loss.clip_epsilon == 0.1
     assert cfg.env.env_id == "Acrobot-v1"
     assert cfg.trainer.devices == 2
 
@@ -104,16 +104,38 @@ def test_algo_yaml_mirrors_module_signature(compose_cfg, algo):
     assert isinstance(module, cls)
 
 
-def test_lm_yaml_defaults_equal_the_python_defaults(compose_cfg):
-    """Building GRPO from Python gives the preset's model and warm-up (a 3e-3 SFT default once
-    left a Python-built model at 4.5% accuracy where the YAML's 1e-3 reaches ~50%)."""
-    import inspect
+def _loss_settings(module):
+    loss = module.loss_module
+    names = ("loss_critic_type", "normalize_advantage", "entropy_bonus", "clip_value", "increment", "decrement",
+             "samples_mc_kl")  # fmt: skip
+    return type(loss), {name: getattr(loss, name, None) for name in names}
 
-    from plmods.models import SFTWarmup
 
-    cfg = compose_cfg("algo=grpo", "env=addition", "model=tiny_lm")
-    for node, cls in ((cfg.algo.sft, SFTWarmup), (cfg.model, TinyCausalLM), (cfg.algo, GRPOModule)):
-        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
-        for key, value in node.items():
-            if key not in ("_target_", "seed", "cache_dir", "sft", "rewards"):
-                assert defaults[key] == value, (cls.__name__, key)
+@pytest.mark.parametrize(("algo", "builder"), [("ppo", "ppo"), ("ppo_kl", "ppo_kl"), ("reinforce", "reinforce")])
+def test_control_yaml_values_equal_the_python_builders(compose_cfg, algo, builder):
+    """Every value, not only every key: algo/<name>.yaml and ControlModule.<builder>() build the
+    same module (same loss type and settings, same estimator settings, same hyperparameters and
+    the same state dict, initial weights included)."""
+    import torch
+
+    from plmods.algos import ControlModule
+
+    cfg = compose_cfg(f"algo={algo}", "seed=0")
+    env = instantiate(cfg.env)
+    from_yaml = instantiate(cfg.algo, env=env, model=instantiate(cfg.model))
+    from_python = getattr(ControlModule, builder)(env)
+    assert _loss_settings(from_yaml) == _loss_settings(from_python)
+    assert dict(from_yaml.hparams) == dict(from_python.hparams)
+    a, b = from_yaml.state_dict(), from_python.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _estimator_settings(from_yaml) == _estimator_settings(from_python)
+
+
+def _estimator_settings(module):
+    import torch
+
+    estimator = module.advantage_module
+    values = {key: getattr(estimator, key, None) for key in ("gamma", "lmbda", "baseline", "baseline_decay",
+                                                              "normalize_advantage")}  # fmt: skip
+    return type(estimator), {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in values.items()}

@@ -5,14 +5,14 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from plmods.algos import PPOModule
+from plmods.algos import ControlModule
 from plmods.envs import ControlEnv
 
 ENV = ControlEnv("CartPole-v1", num_envs=4, max_episode_steps=50)
-KW = {"frames_per_batch": 64, "minibatch_size": 32, "ppo_epochs": 2, "total_frames": 384, "eval_episodes": 2}
+KW = {"frames_per_batch": 64, "minibatch_size": 32, "epochs": 2, "total_frames": 384, "eval_episodes": 2}
 
 
-class NaNObservationAtIteration3(PPOModule):
+class NaNObservationAtIteration3(ControlModule):
     """The third iteration's batch holds NaN observations: the real loss (actor forward, ratio,
     objective) turns NaN on the way to the iteration's first optimizer step."""
 
@@ -56,7 +56,7 @@ def _fit(module, tmp_path, callbacks=(), **kwargs):
 
 def test_nan_loss_never_reaches_the_parameters_or_the_last_checkpoint(tmp_path):
     snapshot = Snapshot(tmp_path / "last.ckpt")
-    module = NaNObservationAtIteration3(ENV, **KW)
+    module = NaNObservationAtIteration3.ppo(ENV, **KW)
     with pytest.raises(FloatingPointError, match="non-finite loss at iteration 2"):
         _fit(module, tmp_path, [snapshot])
     after = list(module.loss_module.parameters())
@@ -64,6 +64,6 @@ def test_nan_loss_never_reaches_the_parameters_or_the_last_checkpoint(tmp_path):
     assert (tmp_path / "last.ckpt").read_bytes() == snapshot.ckpt_bytes
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert ckpt["plmods"]["iteration"] == 2
-    resumed = PPOModule(ENV, **KW)
+    resumed = ControlModule.ppo(ENV, **KW)
     _fit(resumed, tmp_path, ckpt_path=tmp_path / "last.ckpt")
     assert resumed.iteration == 6 and resumed.frames == 384

@@ -6,12 +6,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from plmods.algos import PPOKLModule, PPOModule, ReinforceModule
+from plmods.algos import ControlModule
 from plmods.envs import ControlEnv
 
 ENV = ControlEnv("CartPole-v1", num_envs=4, max_episode_steps=50)
 # 3 iterations of 64 frames, 3 epochs x 4 minibatches each
-KW = {"frames_per_batch": 64, "minibatch_size": 16, "ppo_epochs": 3, "total_frames": 192, "eval_episodes": 2}
+KW = {"frames_per_batch": 64, "minibatch_size": 16, "epochs": 3, "total_frames": 192, "eval_episodes": 2}
 
 
 def _fit(module, callbacks=()):
@@ -30,7 +30,7 @@ def _fit(module, callbacks=()):
 
 
 def test_one_optimizer_step_per_minibatch():
-    trainer = _fit(PPOModule(ENV, **KW))
+    trainer = _fit(ControlModule.ppo(ENV, **KW))
     # 3 iterations x 3 epochs x 4 minibatches
     assert trainer.global_step == 36
     assert float(trainer.callback_metrics["train/stopped_early"]) == 0.0
@@ -50,7 +50,7 @@ def test_target_kl_stops_right_after_the_minibatch_that_exceeded_it(seed):
     # Any update makes k3 > 1e-12, so the second minibatch exceeds the target, takes its step and
     # the iteration ends: 2 optimizer steps in each of the 3 iterations, for every seed.
     counter = StepsPerIteration()
-    trainer = _fit(PPOModule(ENV, target_kl=1e-12, anneal_lr=False, seed=seed, **KW), [counter])
+    trainer = _fit(ControlModule.ppo(ENV, target_kl=1e-12, anneal_lr=False, seed=seed, **KW), [counter])
     assert counter.steps == [2, 2, 2]
     assert trainer.global_step == 6
     assert float(trainer.callback_metrics["train/stopped_early"]) == 1.0
@@ -58,7 +58,7 @@ def test_target_kl_stops_right_after_the_minibatch_that_exceeded_it(seed):
 
 def test_target_kl_never_reached_takes_every_step():
     counter = StepsPerIteration()
-    _fit(PPOModule(ENV, target_kl=10.0, **KW), [counter])
+    _fit(ControlModule.ppo(ENV, target_kl=10.0, **KW), [counter])
     assert counter.steps == [12, 12, 12]
 
 
@@ -76,7 +76,7 @@ class Schedules(Callback):
 def test_annealing_uses_one_minus_i_over_n():
     # N = 256 / 64 = 4 iterations: i = 0..3 runs 1, 3/4, 1/2, 1/4 of the rate (never 0)
     schedules = Schedules()
-    module = PPOModule(ENV, **(KW | {"total_frames": 256, "lr": 0.004, "clip_epsilon": 0.2}))
+    module = ControlModule.ppo(ENV, **(KW | {"total_frames": 256, "lr": 0.004, "clip_epsilon": 0.2}))
     _fit(module, [schedules])
     assert schedules.lr == pytest.approx([0.004, 0.003, 0.002, 0.001], abs=1e-12)
     assert schedules.clip == pytest.approx([0.2, 0.15, 0.1, 0.05], abs=1e-7)
@@ -85,7 +85,7 @@ def test_annealing_uses_one_minus_i_over_n():
 
 def test_no_annealing_keeps_the_rates():
     schedules = Schedules()
-    _fit(PPOModule(ENV, anneal_lr=False, anneal_clip_epsilon=False, lr=0.004, **KW), [schedules])
+    _fit(ControlModule.ppo(ENV, anneal_lr=False, anneal_clip_epsilon=False, lr=0.004, **KW), [schedules])
     assert schedules.lr == [0.004] * 3
     assert schedules.clip == pytest.approx([0.2] * 3)
 
@@ -111,7 +111,7 @@ class PostUpdateKL(Callback):
 @pytest.mark.parametrize("kl_coef", [0.0, 3.0])
 def test_ppo_kl_measures_the_kl_between_the_policies_before_and_after_the_update(kl_coef):
     probe = PostUpdateKL()
-    module = PPOKLModule(ENV, kl_coef=kl_coef, lr=3e-3, **KW)
+    module = ControlModule.ppo_kl(ENV, kl_coef=kl_coef, lr=3e-3, **KW)
     trainer = _fit(module, [probe])
     assert trainer.global_step == 36
     assert module.kl_coef == kl_coef  # no callback: beta is kept
@@ -124,7 +124,7 @@ def test_ppo_kl_measures_the_kl_between_the_policies_before_and_after_the_update
     assert float(trainer.callback_metrics["train/kl"]) == pytest.approx(module.measured_kl)
 
 
-class RecordsStaleness(ReinforceModule):
+class RecordsStaleness(ControlModule):
     """Before each update: how far the batch's stored log-probs are from the current policy's."""
 
     def update(self, batch):
@@ -136,7 +136,7 @@ class RecordsStaleness(ReinforceModule):
 
 @pytest.mark.parametrize("batching", [{"episodes_per_batch": 8}, {"episodes_per_batch": None, "frames_per_update": 200}])
 def test_reinforce_updates_only_on_steps_of_the_current_policy(batching):
-    module = RecordsStaleness(ENV, frames_per_batch=32, total_frames=1200, eval_episodes=2, lr=1e-2, **batching)
+    module = RecordsStaleness.reinforce(ENV, frames_per_batch=32, total_frames=1200, eval_episodes=2, lr=1e-2, **batching)
     _fit(module)
     assert len(module.gaps) >= 4
     assert max(module.gaps) < 1e-5, module.gaps  # every step was sampled by the policy being updated

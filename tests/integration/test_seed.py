@@ -9,11 +9,11 @@ from conftest import PPO_FAST, ROOT
 
 SCRIPT = """
 import hashlib, json, sys, torch, lightning as L
-from plmods.algos import PPOModule
+from plmods.algos import ControlModule
 from plmods.envs import ControlEnv
 torch.manual_seed(int(sys.argv[2]))  # whatever the global RNG holds, the module's seed decides
-module = PPOModule(ControlEnv("CartPole-v1", num_envs=4, max_episode_steps=50), seed=int(sys.argv[1]),
-                   frames_per_batch=64, minibatch_size=16, ppo_epochs=2, total_frames=64, eval_episodes=2)
+module = ControlModule.ppo(ControlEnv("CartPole-v1", num_envs=4, max_episode_steps=50), seed=int(sys.argv[1]),
+                   frames_per_batch=64, minibatch_size=16, epochs=2, total_frames=64, eval_episodes=2)
 digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in module.loss_module.parameters()))
 trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                     enable_model_summary=False, num_sanity_val_steps=0, check_val_every_n_epoch=10)

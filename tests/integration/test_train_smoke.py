@@ -12,7 +12,7 @@ def test_default_cartpole_fast(run_train):
     s = run.summary
     # 256 frames in batches of 64 -> 4 iterations
     assert s["frames"] == 256 and s["iterations"] == 4
-    assert s["env"] == "CartPole-v1" and s["algo"] == "PPOModule"
+    assert s["env"] == "CartPole-v1" and s["algo"] == "PPO"
     assert s["val/episode_return"]["final"] is not None
     returns = [row["val/episode_return"] for row in s["val_history"]]
     assert [row["iteration"] for row in s["val_history"]] == [2, 4]  # every 2nd iteration

@@ -29,7 +29,7 @@ def test_reinforce_solves_cartpole(run_train, seed):
     run = run_train("experiment=reinforce_cartpole", "logger=csv", f"seed={seed}", timeout=900)
     s = run.summary
     assert s["solved"], s["val_history"]
-    assert s["algo"] == "ReinforceModule"
+    assert s["algo"] == "REINFORCE"
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

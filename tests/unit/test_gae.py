@@ -1,4 +1,4 @@
-"""GAE as PPOModule uses it (torchrl ``GAE``), against hand-computed numbers at a real episode
+"""GAE as ControlModule.ppo uses it (torchrl ``GAE``), against hand-computed numbers at a real episode
 cut: delta_t = r_t + gamma * V(s'_t) * (1 - terminated_t) - V(s_t) and
 A_t = delta_t + gamma * lmbda * (1 - done_t) * A_{t+1}.
 """
@@ -10,7 +10,7 @@ from torch import nn
 from torchrl.modules import ValueOperator
 from torchrl.objectives.value import GAE
 
-from plmods.algos import PPOModule
+from plmods.algos import ControlModule
 from plmods.envs import ControlEnv
 
 
@@ -73,7 +73,7 @@ def test_gae_at_a_real_episode_cut(cut, advantage):
 
 
 def test_ppo_module_uses_gae_with_its_settings():
-    module = PPOModule(
+    module = ControlModule.ppo(
         ControlEnv("CartPole-v1", num_envs=4), frames_per_batch=64, minibatch_size=32, gamma=0.9, lmbda=0.7
     )
     assert isinstance(module.advantage_module, GAE)

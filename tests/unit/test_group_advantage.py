@@ -58,3 +58,29 @@ def test_process_step_beyond_the_completion_covers_all_tokens(ind):
     adv = GroupRelativeAdvantage(std_normalize=False).process([[[(ind, 1.0)], [(0, 0.0)]]], num_tokens=4)
     torch.testing.assert_close(adv[0, 0], torch.full((4,), 0.5))
     torch.testing.assert_close(adv[0, 1], torch.tensor([-0.5, 0.0, 0.0, 0.0]))
+
+
+# ---- edge cases found by mutation testing ----
+def test_outcome_default_eps_is_1e_4():
+    # mean 1, unbiased std sqrt(2): 1 / (sqrt(2) + 1e-4) = 0.7070567847
+    adv = GroupRelativeAdvantage().outcome(torch.tensor([[2.0, 0.0]]))
+    torch.testing.assert_close(adv, torch.tensor([[0.7070567847, -0.7070567847]]), rtol=0, atol=1e-6)
+
+
+def test_process_group_of_two_steps_is_standardised():
+    # R = {1, 0}: mean 0.5, unbiased std sqrt(0.5): +-0.5 / (sqrt(0.5) + 1e-4) = +-0.7070067953
+    adv = GroupRelativeAdvantage(eps=1e-4).process([[[(0, 1.0)], [(0, 0.0)]]], num_tokens=1)
+    torch.testing.assert_close(adv, torch.tensor([[[0.7070067953], [-0.7070067953]]]), rtol=0, atol=1e-6)
+
+
+def test_process_group_of_one_step_is_zero_not_nan():
+    # one step in the whole group: centred reward 0, std taken as 0 (not the nan of std of one value)
+    adv = GroupRelativeAdvantage(eps=1e-4).process([[[(1, 2.0)], []]], num_tokens=3)
+    assert torch.equal(adv, torch.zeros(1, 2, 3))
+
+
+def test_process_prompt_without_steps_does_not_stop_the_later_prompts():
+    adv = GroupRelativeAdvantage(std_normalize=False).process(
+        [[[], []], [[(0, 1.0)], [(0, 0.0)]]], num_tokens=2
+    )
+    torch.testing.assert_close(adv, torch.tensor([[[0.0, 0.0], [0.0, 0.0]], [[0.5, 0.0], [-0.5, 0.0]]]))

@@ -395,3 +395,88 @@ class NoMeasuredKL(KLModule):
 def test_missing_protocol_attribute_fails_at_setup():
     with pytest.raises(ConfigError, match=r"NoMeasuredKL has no measured_kl\.$"):
         _trainer(1, callbacks=[AdaptiveKL()]).fit(NoMeasuredKL())
+
+
+# ---- defaults and boundaries found by mutation testing ----
+def test_proportional_rule_defaults():
+    # horizon 10_000, n_steps 1, c = 0.2: e = clip(9 / 6 - 1) = 0.2 -> 0.5 * (1 + 0.2 / 10_000)
+    assert next_kl_coef(0.5, 9.0, 6.0, "proportional") == exact(0.50001)
+
+
+def test_callback_defaults():
+    cb = AdaptiveKL()
+    assert (cb.target_kl, cb.rule, cb.initial_kl_coef, cb.min_kl_coef, cb.max_kl_coef, cb.horizon) == (
+        0.01, "ppo", None, 1e-4, 100.0, 10_000,
+    )
+    assert (cb.proportional_clip, cb.interval, cb.log_key, cb.steps_per_update) == (0.2, "epoch", "train/kl_coef", None)
+    assert cb.kl_coef is None
+    assert cb.state_dict() == {"num_updates": 0, "history": [], "last_step": None}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"min_kl_coef": 1.0, "max_kl_coef": 1.0},  # max == min is allowed
+        {"initial_kl_coef": 1e-4},  # initial at the lower bound
+        {"initial_kl_coef": 100.0},  # initial at the upper bound
+        {"steps_per_update": 1},
+    ],
+)
+def test_constructor_accepts_boundary_settings(kwargs):
+    AdaptiveKL(**kwargs)
+
+
+def test_kl_coef_is_initial_kl_coef_before_training():
+    assert AdaptiveKL(initial_kl_coef=0.3).kl_coef == 0.3
+
+
+class _Module:
+    def __init__(self, kl_coef):
+        self.kl_coef, self.measured_kl, self.logged = kl_coef, None, []
+
+    def log(self, key, value, **kwargs):
+        self.logged.append((key, value, kwargs))
+
+
+def _adapt_once(cb, module, measured, start_step, end_step):
+    trainer = SimpleNamespace(global_step=start_step)
+    cb.setup(trainer, module, "fit")
+    cb.on_train_start(trainer, module)
+    trainer.global_step = end_step
+    module.measured_kl = measured
+    cb.on_train_epoch_end(trainer, module)
+
+
+def test_n_steps_counts_from_the_training_start_step():
+    # fresh callback, training starts at global_step 100, adapts at 110: n_steps = 10
+    cb = AdaptiveKL(target_kl=6.0, rule="proportional")
+    module = _Module(0.5)
+    _adapt_once(cb, module, 9.0, 100, 110)
+    assert module.kl_coef == exact(0.5001)  # 0.5 * (1 + 0.2 * 10 / 10_000)
+
+
+@pytest.mark.parametrize("steps", [0, 1])
+def test_n_steps_is_at_least_one(steps):
+    cb = AdaptiveKL(target_kl=6.0, rule="proportional")
+    module = _Module(0.5)
+    _adapt_once(cb, module, 9.0, 0, steps)
+    assert module.kl_coef == exact(0.50001)  # 0.5 * (1 + 0.2 * 1 / 10_000)
+
+
+def test_callback_passes_proportional_clip():
+    # c = 1: e = 9 / 6 - 1 = 0.5 unclipped; 0.5 * (1 + 0.5 * 100 / 1000) = 0.525 (c = 0.2 gives 0.51)
+    cb = AdaptiveKL(target_kl=6.0, rule="proportional", horizon=1000, steps_per_update=100, proportional_clip=1.0)
+    module = _Module(0.5)
+    _adapt_once(cb, module, 9.0, 0, 1)
+    assert module.kl_coef == exact(0.525)
+
+
+def test_setup_finds_a_kl_coef_held_as_a_buffer():
+    # nn.Module resolves buffers dynamically (getattr_static misses them; hasattr finds them)
+    class BufferModule(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("kl_coef", torch.tensor(0.1))
+            self.measured_kl = None
+
+    AdaptiveKL().setup(SimpleNamespace(), BufferModule(), "fit")

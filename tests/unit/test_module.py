@@ -1,11 +1,11 @@
-"""PPOModule construction checks and evaluation."""
+"""ControlModule construction checks and evaluation."""
 
 import re
 
 import pytest
 import torch
 
-from plmods.algos import PPOModule
+from plmods.algos import ControlModule
 from plmods.envs import ControlEnv
 from plmods.errors import ConfigError
 
@@ -19,13 +19,13 @@ ENV = ControlEnv("CartPole-v1", num_envs=4)
         ({"frames_per_batch": 66}, "frames_per_batch=66"),
         ({"lr": 0.0}, "lr"),
         ({"lr": -1e-3}, "lr"),
-        ({"clip_epsilon": 0.0}, "clip_epsilon"),
-        ({"clip_epsilon": 1.5}, "clip_epsilon"),
-        ({"gamma": 1.2}, "gamma"),
-        ({"lmbda": -0.1}, "lmbda"),
-        ({"ppo_epochs": 0}, "ppo_epochs"),
+        ({"clip_epsilon": 0.0}, "loss.clip_epsilon"),
+        ({"clip_epsilon": 1.5}, "loss.clip_epsilon"),
+        ({"gamma": 1.2}, "advantage.gamma"),
+        ({"lmbda": -0.1}, "advantage.lmbda"),
+        ({"epochs": 0}, "epochs"),
         ({"max_grad_norm": 0.0}, "max_grad_norm"),
-        ({"loss_critic_type": "huber"}, "loss_critic_type"),
+        ({"loss_critic_type": "huber"}, "loss.loss_critic_type"),
         ({"total_frames": 10}, "total_frames"),
     ],
 )
@@ -33,11 +33,11 @@ def test_bad_settings_raise_naming_the_argument(kwargs, setting):
     # a class names its constructor argument; train.py restates it as algo.<argument>
     args = {"frames_per_batch": 64, "minibatch_size": 32} | kwargs
     with pytest.raises(ConfigError, match=r"(?<![.\w])" + re.escape(setting)):
-        PPOModule(ENV, **args)
+        ControlModule.ppo(ENV, **args)
 
 
 def test_checkpoint_state_has_one_copy_of_each_parameter():
-    module = PPOModule(ENV, frames_per_batch=64, minibatch_size=32)
+    module = ControlModule.ppo(ENV, frames_per_batch=64, minibatch_size=32)
     params = [k for k in module.state_dict() if "params" in k]
     # 2 MLPs x 3 linear layers x (weight, bias)
     assert len(params) == 12
@@ -45,7 +45,7 @@ def test_checkpoint_state_has_one_copy_of_each_parameter():
 
 
 def test_evaluate_is_deterministic_and_counts_first_episodes():
-    module = PPOModule(
+    module = ControlModule.ppo(
         ControlEnv("CartPole-v1", num_envs=4, max_episode_steps=30),
         frames_per_batch=64,
         minibatch_size=32,
@@ -61,7 +61,7 @@ def test_evaluate_is_deterministic_and_counts_first_episodes():
 
 def test_back_to_back_evaluations_agree_with_a_trained_like_policy():
     """Regression: reusing one eval env leaked the last step's done mask into the next reset."""
-    module = PPOModule(
+    module = ControlModule.ppo(
         ControlEnv("CartPole-v1", num_envs=4), frames_per_batch=64, minibatch_size=32, eval_episodes=5
     )
     runs = [module.evaluate() for _ in range(3)]
@@ -71,7 +71,7 @@ def test_back_to_back_evaluations_agree_with_a_trained_like_policy():
 def test_evaluation_after_fit_keeps_the_training_observation_statistics():
     """Regression: after teardown the collector is gone; evaluation must still normalise
     observations with the trained statistics, not fresh ones."""
-    module = PPOModule(
+    module = ControlModule.ppo(
         ControlEnv("Pendulum-v1", num_envs=4, obs_norm=True),
         frames_per_batch=64,
         minibatch_size=32,

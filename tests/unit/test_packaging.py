@@ -17,7 +17,7 @@ def test_every_plmods_folder_is_a_packaged_package():
 
 
 def test_public_api_imports():
-    from plmods.algos import PPOKLModule, PPOModule, ReinforceModule, RLModule  # noqa: F401
+    from plmods.algos import ControlModule, RLModule  # noqa: F401
     from plmods.callbacks import AdaptiveKL, RLProgressBar  # noqa: F401
     from plmods.envs import ControlEnv  # noqa: F401
     from plmods.models import MLPActorCritic  # noqa: F401

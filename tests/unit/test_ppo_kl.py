@@ -6,14 +6,14 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from plmods.algos import PPOKLModule
+from plmods.algos import ControlModule
 from plmods.envs import ControlEnv
 
 
 @pytest.fixture
 def module():
     torch.manual_seed(0)
-    return PPOKLModule(
+    return ControlModule.ppo_kl(
         ControlEnv("CartPole-v1", num_envs=4), frames_per_batch=64, minibatch_size=32,
         kl_coef=0.5, normalize_advantage=False,
     )  # fmt: skip

@@ -11,14 +11,14 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from plmods.algos import PPOModule
+from plmods.algos import ControlModule
 from plmods.envs import ControlEnv
 
 
 @pytest.fixture
 def module():
     torch.manual_seed(0)
-    return PPOModule(
+    return ControlModule.ppo(
         ControlEnv("CartPole-v1", num_envs=4),
         frames_per_batch=64,
         minibatch_size=32,

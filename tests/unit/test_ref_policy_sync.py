@@ -1,5 +1,7 @@
 """RefPolicySync in a plain Lightning project: hard and soft syncs, timing, resume."""
 
+import re
+
 import pytest
 import torch
 from lightning import LightningModule, Trainer
@@ -106,3 +108,12 @@ def test_needs_a_module_with_policy_and_reference(tmp_path):
 def test_bad_settings(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         RefPolicySync(**kwargs)
+
+
+def test_defaults_and_bounds():
+    callback = RefPolicySync()
+    assert (callback.sync_every, callback.alpha) == (64, 1.0)
+    RefPolicySync(sync_every=1, alpha=1.0)  # both bounds are valid
+    for kwargs, message in (({"alpha": 1.5}, "alpha must be in (0, 1], got 1.5."), ({"sync_every": 0}, "sync_every")):
+        with pytest.raises(ConfigError, match="^" + re.escape(message)):
+            RefPolicySync(**kwargs)

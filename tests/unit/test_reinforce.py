@@ -11,10 +11,10 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from plmods.algos import ReinforceModule
-from plmods.algos.reinforce import returns_to_go
+from plmods.algos import ControlModule
 from plmods.envs import ControlEnv
 from plmods.errors import ConfigError
+from plmods.rollout.returns import returns_to_go
 
 G = [1.75, 1.5, 1.0, 2.0, 2.0]
 
@@ -22,7 +22,7 @@ G = [1.75, 1.5, 1.0, 2.0, 2.0]
 def _module(**kwargs):
     torch.manual_seed(0)
     args = {"frames_per_batch": 64, "gamma": 0.5, "normalize_advantage": False} | kwargs
-    return ReinforceModule(ControlEnv("CartPole-v1", num_envs=4), **args)
+    return ControlModule.reinforce(ControlEnv("CartPole-v1", num_envs=4), **args)
 
 
 def _batch():
@@ -54,16 +54,16 @@ def test_moving_average_baseline_uses_the_previous_mean():
     first = module.prepare_batch(_batch())
     # no history yet: b = 0, then b = mean(G) = 1.65
     torch.testing.assert_close(first["advantage"].squeeze(-1), torch.tensor(G), atol=1e-6, rtol=0)
-    assert float(module.moving_baseline) == pytest.approx(1.65)
+    assert float(module.advantage_module.moving_baseline) == pytest.approx(1.65)
     second = module.prepare_batch(_batch())
     expected = torch.tensor(G) - 1.65
     torch.testing.assert_close(second["advantage"].squeeze(-1), expected, atol=1e-6, rtol=0)
     # b <- 0.9 * 1.65 + 0.1 * 1.65
-    assert float(module.moving_baseline) == pytest.approx(1.65)
+    assert float(module.advantage_module.moving_baseline) == pytest.approx(1.65)
     batch = _batch()
     batch["next", "reward"] = batch["next", "reward"] * 2  # mean G doubles to 3.3
     module.prepare_batch(batch)
-    assert float(module.moving_baseline) == pytest.approx(0.9 * 1.65 + 0.1 * 3.3)
+    assert float(module.advantage_module.moving_baseline) == pytest.approx(0.9 * 1.65 + 0.1 * 3.3)
 
 
 def test_value_baseline_subtracts_the_critic():
@@ -97,10 +97,10 @@ def test_loss_actor_is_minus_mean_logprob_times_advantage():
 @pytest.mark.parametrize(
     ("kwargs", "setting"),
     [
-        ({"baseline": "mean"}, "baseline"),
+        ({"baseline": "mean"}, "advantage.baseline"),
         ({"episodes_per_batch": 0}, "episodes_per_batch"),
         ({"episodes_per_batch": 6}, "episodes_per_batch=6 must be a positive multiple of env.num_envs=4"),
-        ({"baseline_decay": 1.0}, "baseline_decay"),
+        ({"baseline_decay": 1.0}, "advantage.baseline_decay"),
         ({"lr": 0}, "lr"),
     ],
 )

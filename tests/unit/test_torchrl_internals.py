@@ -3,13 +3,13 @@
 import torch
 from tensordict import TensorDictBase
 
-from plmods.algos import PPOModule
+from plmods.algos import ControlModule
 from plmods.envs import ControlEnv
 from plmods.rollout.collector import _carrier, collector_state, load_collector_state
 
 
 def test_collector_carrier_is_the_tensordict_it_steps_from():
-    module = PPOModule(ControlEnv("CartPole-v1", num_envs=4), frames_per_batch=64, minibatch_size=32)
+    module = ControlModule.ppo(ControlEnv("CartPole-v1", num_envs=4), frames_per_batch=64, minibatch_size=32)
     module.setup("fit")
     collector = module._collector
     carrier = _carrier(collector)
@@ -28,7 +28,7 @@ def test_collector_carrier_is_the_tensordict_it_steps_from():
 def test_ppo_losses_log_weight_contract():
     # plmods.algos.ppo_loss reads the first item of _log_weight's result as log(pi / pi_old)
     torch.manual_seed(0)
-    module = PPOModule(ControlEnv("CartPole-v1", num_envs=4), frames_per_batch=64, minibatch_size=32)
+    module = ControlModule.ppo(ControlEnv("CartPole-v1", num_envs=4), frames_per_batch=64, minibatch_size=32)
     module.setup("fit")
     batch = module.collect().reshape(-1)
     module.advantage_module(batch)

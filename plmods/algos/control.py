@@ -1,0 +1,402 @@
+"""``ControlModule``: the one control algorithm module, with its loss and advantage injected.
+
+PPO-clip, PPO-penalty and REINFORCE are configurations of it, not subclasses:
+
+| algorithm | ``loss`` | ``advantage`` | data per iteration |
+|---|---|---|---|
+| PPO (Schulman et al. 2017) | ``K3ClipPPOLoss`` (torchrl ``ClipPPOLoss``) | torchrl ``GAE`` | ``frames_per_batch`` frames |
+| PPO-penalty (sec. 4) | ``K3KLPENPPOLoss`` (torchrl ``KLPENPPOLoss``) | torchrl ``GAE`` | same |
+| REINFORCE (Williams 1992) | torchrl ``ReinforceLoss`` | ``MonteCarloAdvantage`` | whole fresh episodes |
+
+``loss`` is a callable ``(actor, critic) -> LossModule`` and ``advantage`` a callable
+``(value_network=critic) -> module writing advantage / value_target``: in YAML, Hydra nodes with
+``_partial_: true``; in Python, ``functools.partial`` or the ``ppo`` / ``ppo_kl`` / ``reinforce``
+class methods, which take the familiar flat arguments.
+
+One iteration: collect (``frames_per_batch`` frames, or whole episodes of the current policy when
+``episodes_per_batch`` / ``frames_per_update`` is set), the advantage with the current critic (no
+grad), then ``epochs`` passes of minibatch optimizer steps on the sum of the loss's ``loss_*``
+terms. Annealing (CleanRL's rule): iteration i of N runs ``lr * (1 - i / N)`` (a torch
+``LambdaLR``) and, with ``anneal_clip_epsilon``, ``clip_epsilon * (1 - i / N)``.
+
+A loss with a KL penalty coefficient (``beta``) makes the module speak the ``kl_coef`` /
+``measured_kl`` protocol of ``plmods.callbacks.AdaptiveKL``: ``measured_kl`` is seed 003's
+d = E_t[KL(pi_old || pi_theta)] for the policy after the iteration's updates, in one no-grad
+pass over the batch (the mean of the penalty KLs the minibatches saw before their steps ran 2-5x
+below it on CartPole and Acrobot, so the rule halved beta where it should have doubled it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from torch import nn
+from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
+from torchrl.objectives import ClipPPOLoss, KLPENPPOLoss, LossModule, ReinforceLoss
+from torchrl.objectives.value import GAE
+
+from plmods.algos.base import RLModule
+from plmods.algos.kl import policy_kl
+from plmods.algos.ppo_loss import K3ClipPPOLoss, K3KLPENPPOLoss
+from plmods.envs.control import ControlEnv
+from plmods.errors import require
+from plmods.models.control import MLPActorCritic
+from plmods.rollout.collector import whole_episodes
+from plmods.rollout.returns import BASELINES, MonteCarloAdvantage
+
+__all__ = ["ControlModule"]
+
+# per-minibatch scalars of torchrl's losses that become iteration means (train/<key>)
+_LOGGED = (
+    "loss_objective", "loss_critic", "loss_entropy", "loss_actor", "loss_value", "clip_fraction", "entropy",
+    "explained_variance", "approx_kl",
+)  # fmt: skip
+_CRITIC_LOSSES = ("loss_critic", "loss_value")
+
+# checks of the loss / advantage arguments, before torchrl builds anything: name -> (valid?, what is valid)
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "clip_epsilon": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "entropy_coeff": (lambda v: v >= 0, ">= 0"),
+    "critic_coeff": (lambda v: v >= 0, ">= 0"),
+    "loss_critic_type": (lambda v: v in ("l1", "l2", "smooth_l1"), "one of l1, l2, smooth_l1"),
+    "beta": (lambda v: v >= 0, ">= 0"),
+    "samples_mc_kl": (lambda v: v >= 1, ">= 1"),
+    "gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "lmbda": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "baseline": (lambda v: v in BASELINES, f"one of {list(BASELINES)}"),
+    "baseline_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
+
+
+def _check_keywords(name: str, factory: Callable[..., Any]) -> None:
+    """Validate the arguments a ``functools.partial`` (a Hydra ``_partial_`` node) carries."""
+    require(callable(factory), f"{name} must be a callable (a Hydra node with _partial_: true), got {factory!r}.")
+    for key, value in (getattr(factory, "keywords", None) or {}).items():
+        if key in _CHECKS:
+            ok, valid = _CHECKS[key]
+            require(ok(value), f"{name}.{key} must be {valid}, got {value!r}.")
+
+
+class ControlModule(RLModule):
+    """A policy-gradient LightningModule for control envs with an injected torchrl loss and advantage.
+
+    Args:
+        env: env factory; built per rank in ``setup``.
+        loss: ``(actor, critic) -> LossModule`` (e.g. ``partial(K3ClipPPOLoss, clip_epsilon=0.2)``).
+        advantage: ``(value_network=critic) -> estimator`` writing ``advantage`` and
+            ``value_target`` (e.g. ``partial(GAE, gamma=0.99, lmbda=0.95)``). One whose
+            ``uses_critic`` is False trains no critic (its loss terms are left out).
+        model: actor/critic factory.
+        frames_per_batch: transitions per iteration (multiple of ``env.num_envs``); with episode
+            batches, the collector's polling size.
+        total_frames: frame budget (training stops there; horizon of the annealing schedules).
+        episodes_per_batch: whole episodes of the current policy per iteration instead of
+            ``frames_per_batch`` frames, a multiple of ``env.num_envs`` (every env contributes the
+            same number: no bias toward short episodes). ``None``: fixed-size batches.
+        frames_per_update: whole episodes in rounds of one per env until at least this many
+            frames per iteration (instead of ``episodes_per_batch``).
+        epochs: passes over each batch (one optimizer step per minibatch).
+        minibatch_size: transitions per optimizer step, a divisor of ``frames_per_batch``;
+            ``None``: the whole batch in one step (required with episode batches).
+        lr: Adam learning rate.
+        adam_eps: Adam epsilon (1e-5 as in the PPO reference implementations).
+        anneal_lr: iteration i of N runs ``lr * (1 - i / N)``.
+        anneal_clip_epsilon: iteration i of N clips at ``clip_epsilon * (1 - i / N)`` (a loss
+            with ``clip_epsilon``).
+        target_kl: stop an iteration's remaining minibatch passes right after the step of the
+            first minibatch whose ``approx_kl`` (k3) exceeds it (a loss reporting ``approx_kl``;
+            ``None``: off).
+        max_grad_norm: clip the global gradient norm (``None``: no clipping).
+        seed: seed of the initial weights, the training RNG and the training envs.
+        eval_episodes: deterministic episodes per evaluation.
+    """
+
+    def __init__(
+        self,
+        env: ControlEnv,
+        *,
+        loss: Callable[..., LossModule],
+        advantage: Callable[..., nn.Module],
+        model: MLPActorCritic | None = None,
+        frames_per_batch: int = 512,
+        total_frames: int = 100_000,
+        episodes_per_batch: int | None = None,
+        frames_per_update: int | None = None,
+        epochs: int = 10,
+        minibatch_size: int | None = 256,
+        lr: float = 1e-3,
+        adam_eps: float = 1e-5,
+        anneal_lr: bool = True,
+        anneal_clip_epsilon: bool = False,
+        target_kl: float | None = None,
+        max_grad_norm: float | None = 0.5,
+        seed: int = 0,
+        eval_episodes: int = 10,
+    ) -> None:  # pragma: no mutate block (save_hyperparameters reads this frame, named __init__)
+        # every setting is checked before anything is built, naming the argument and what is valid
+        _check_keywords("loss", loss)
+        _check_keywords("advantage", advantage)
+        episodes = episodes_per_batch is not None or frames_per_update is not None
+        require(
+            episodes_per_batch is None or frames_per_update is None,
+            f"set at most one of episodes_per_batch and frames_per_update, got {episodes_per_batch} and "
+            f"{frames_per_update}.",
+        )
+        require(
+            episodes_per_batch is None or (episodes_per_batch >= 1 and episodes_per_batch % env.num_envs == 0),
+            f"episodes_per_batch={episodes_per_batch} must be a positive multiple of env.num_envs={env.num_envs} "
+            "(every env contributes the same number of episodes).",
+        )
+        require(
+            frames_per_update is None or frames_per_update >= 1,
+            f"frames_per_update must be >= 1, got {frames_per_update}.",
+        )
+        require(epochs >= 1, f"epochs must be >= 1, got {epochs}.")
+        if episodes:
+            require(
+                minibatch_size is None,
+                f"minibatch_size must be null with episode batches (their size varies), got {minibatch_size}.",
+            )
+        else:
+            require(
+                minibatch_size is None or (minibatch_size >= 1 and frames_per_batch % minibatch_size == 0),
+                f"minibatch_size={minibatch_size} must be a positive divisor of frames_per_batch={frames_per_batch} "
+                "or null.",
+            )
+        require(lr > 0, f"lr must be > 0, got {lr}.")
+        require(adam_eps > 0, f"adam_eps must be > 0, got {adam_eps}.")
+        require(target_kl is None or target_kl > 0, f"target_kl must be > 0 or null, got {target_kl}.")
+        require(max_grad_norm is None or max_grad_norm > 0, f"max_grad_norm must be > 0 or null, got {max_grad_norm}.")
+        super().__init__(
+            env=env, model=model, frames_per_batch=frames_per_batch, total_frames=total_frames, seed=seed,
+            eval_episodes=eval_episodes,
+        )  # fmt: skip
+        self.save_hyperparameters(logger=False, ignore=["env", "model", "loss", "advantage"])
+        self.loss_module: LossModule = loss(self.actor, self.critic)
+        require(
+            target_kl is None or getattr(self.loss_module, "reports_approx_kl", False),
+            f"target_kl works only with K3ClipPPOLoss or K3KLPENPPOLoss (they report approx_kl), got "
+            f"{type(self.loss_module).__name__}.",
+        )
+        require(
+            not anneal_clip_epsilon or hasattr(self.loss_module, "clip_epsilon"),
+            f"anneal_clip_epsilon works only with a clipped objective such as K3ClipPPOLoss, got "
+            f"{type(self.loss_module).__name__}.",
+        )
+        estimator = advantage(value_network=self.critic)
+        if any(p is q for p in estimator.parameters() for q in self.critic.parameters()):
+            # holds the critic's parameters (GAE): unregistered, or checkpoints would store them twice
+            object.__setattr__(self, "advantage_module", estimator)
+        else:
+            self.advantage_module = estimator  # its own state (e.g. a moving baseline) is checkpointed
+        self.train_critic = getattr(estimator, "uses_critic", True)
+        self._clip_epsilon = float(self.loss_module.clip_epsilon) if anneal_clip_epsilon else None
+        self.measured_kl: float | None = None
+
+    # ------------------------------------------------------------------ the usual configurations
+    @classmethod
+    def ppo(
+        cls,
+        env: ControlEnv,
+        *,
+        clip_epsilon: float = 0.2,
+        clip_value: bool = False,
+        anneal_clip_epsilon: bool = True,
+        gamma: float = 0.98,
+        lmbda: float = 0.8,
+        normalize_advantage: bool = True,
+        entropy_coeff: float = 0.0,
+        critic_coeff: float = 0.5,
+        loss_critic_type: str = "l2",
+        **kwargs: Any,
+    ) -> ControlModule:
+        """PPO-clip: ``K3ClipPPOLoss`` + ``GAE``; other keywords go to the constructor."""
+        loss = partial(
+            K3ClipPPOLoss, clip_epsilon=clip_epsilon, clip_value=clip_value, entropy_coeff=entropy_coeff, critic_coeff=critic_coeff, loss_critic_type=loss_critic_type,
+            normalize_advantage=normalize_advantage,
+        )  # fmt: skip
+        advantage = partial(GAE, gamma=gamma, lmbda=lmbda)
+        return cls(env, loss=loss, advantage=advantage, anneal_clip_epsilon=anneal_clip_epsilon, **kwargs)
+
+    @classmethod
+    def ppo_kl(
+        cls,
+        env: ControlEnv,
+        *,
+        kl_coef: float = 1.0,
+        samples_mc_kl: int = 1,
+        gamma: float = 0.98,
+        lmbda: float = 0.8,
+        normalize_advantage: bool = True,
+        entropy_coeff: float = 0.0,
+        critic_coeff: float = 0.5,
+        loss_critic_type: str = "l2",
+        **kwargs: Any,
+    ) -> ControlModule:
+        """PPO-penalty: ``K3KLPENPPOLoss`` with torchrl's per-minibatch beta rule off
+        (``increment = decrement = 1``; beta moves only through ``kl_coef``) + ``GAE``."""
+        loss = partial(
+            K3KLPENPPOLoss, beta=kl_coef, increment=1.0, decrement=1.0, samples_mc_kl=samples_mc_kl,
+            entropy_coeff=entropy_coeff, critic_coeff=critic_coeff,
+            loss_critic_type=loss_critic_type, normalize_advantage=normalize_advantage,
+        )  # fmt: skip
+        return cls(env, loss=loss, advantage=partial(GAE, gamma=gamma, lmbda=lmbda), **kwargs)
+
+    @classmethod
+    def reinforce(
+        cls,
+        env: ControlEnv,
+        *,
+        gamma: float = 0.99,
+        baseline: str = "value",
+        baseline_decay: float = 0.9,
+        normalize_advantage: bool = True,
+        loss_critic_type: str = "l2",
+        **kwargs: Any,
+    ) -> ControlModule:
+        """REINFORCE: torchrl ``ReinforceLoss`` + ``MonteCarloAdvantage`` on whole fresh episodes,
+        one update per batch (16 episodes by default)."""
+        settings = {
+            "episodes_per_batch": 16, "frames_per_batch": 256, "total_frames": 300_000, "epochs": 1,
+            "minibatch_size": None, "lr": 3e-3, "adam_eps": 1e-8, "anneal_lr": False, "max_grad_norm": 1.0,
+        } | kwargs  # fmt: skip
+        if settings.get("frames_per_update") is not None and "episodes_per_batch" not in kwargs:
+            settings["episodes_per_batch"] = None
+        loss = partial(ReinforceLoss, loss_critic_type=loss_critic_type)
+        advantage = partial(
+            MonteCarloAdvantage, gamma=gamma, baseline=baseline, baseline_decay=baseline_decay,
+            normalize_advantage=normalize_advantage,
+        )  # fmt: skip
+        return cls(env, loss=loss, advantage=advantage, **settings)
+
+    @property
+    def algorithm(self) -> str:
+        """The algorithm the injected loss makes of this module (``summary.json``'s ``algo``)."""
+        for loss_type, name in ((ClipPPOLoss, "PPO"), (KLPENPPOLoss, "PPO-KL"), (ReinforceLoss, "REINFORCE")):
+            if isinstance(self.loss_module, loss_type):
+                return name
+        return type(self.loss_module).__name__
+
+    # ------------------------------------------------------------------ the KL protocol (PPO-KL)
+    @property
+    def kl_coef(self) -> float:
+        """The KL penalty coefficient beta: the loss's ``beta`` buffer, its one owner (checkpointed)."""
+        beta = getattr(self.loss_module, "beta", None)
+        if beta is None:
+            raise AttributeError(f"kl_coef: the {self.algorithm} loss has no KL penalty coefficient (beta).")
+        return float(beta)
+
+    @kl_coef.setter
+    def kl_coef(self, value: float) -> None:
+        self.kl_coef  # noqa: B018 (raises the same error when the loss has no beta)
+        self.loss_module.beta.fill_(float(value))
+
+    # ------------------------------------------------------------------ schedules
+    def num_iterations(self) -> int:
+        """N: iterations in the frame budget (every rank collects ``frames_per_batch``)."""
+        return math.ceil(self.total_frames / (self.frames_per_batch * self.world_size))
+
+    def anneal_fraction(self, iteration: int) -> float:
+        """1 - i / N for iteration i (0-based): the factor of the annealed schedules (CleanRL's rule)."""
+        return max(0.0, 1.0 - iteration / self.num_iterations())
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.Adam(self.loss_module.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps)
+        # plain lambdas: LambdaLR's state_dict keeps a non-function's __dict__, which a wrapped
+        # (e.g. mutation-tested) bound method cannot pickle
+        factor = (lambda i: self.anneal_fraction(i)) if self.hparams.anneal_lr else (lambda _: 1.0)
+        # stepped once per iteration in on_train_epoch_end (manual optimization: Lightning does
+        # not step it); its state is in Lightning's checkpoints, so a resumed run anneals on time
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        self.lr_schedulers().step()
+
+    # ------------------------------------------------------------------ one iteration
+    def next_collector_batch(self) -> TensorDictBase:
+        """Fixed-size batches, or whole episodes of the current policy (``[frames]``):
+        ``episodes_per_batch / num_envs`` per env, or rounds of one per env until
+        ``frames_per_update``."""
+        if self.hparams.episodes_per_batch is None and self.hparams.frames_per_update is None:
+            return super().next_collector_batch()
+        num_envs = self.env_factory.num_envs
+        per_env = (self.hparams.episodes_per_batch or num_envs) // num_envs
+        episodes, frames = [], 0
+        while True:
+            # every episode starts after this reset, so no step of an earlier policy is kept
+            self._collector.reset()
+            episodes.append(whole_episodes(super().next_collector_batch, num_envs, per_env))
+            frames += episodes[-1].numel()
+            if self.hparams.frames_per_update is None or frames >= self.hparams.frames_per_update:
+                return torch.cat(episodes, 0) if len(episodes) > 1 else episodes[0]
+
+    def prepare_batch(self, batch: TensorDictBase) -> TensorDictBase:
+        """The advantage with the current critic (no grad): ``advantage`` and ``value_target``."""
+        if self._clip_epsilon is not None:
+            self.loss_module.clip_epsilon.fill_(self._clip_epsilon * self.anneal_fraction(self.iteration))
+        with torch.no_grad():
+            self.advantage_module(batch)
+        return batch
+
+    def minibatches(self, batch: TensorDictBase) -> Iterator[TensorDictBase]:
+        """``epochs`` passes over the batch in random minibatches (sampling without replacement),
+        or over the whole batch as it is when ``minibatch_size`` is None.
+
+        A new buffer per iteration: torchrl's sampler pre-draws the next permutation when a pass
+        ends and ``empty()`` keeps it, which would carry hidden state across iterations (and break
+        exact resume). Building the buffer costs ~0.8 ms.
+        """
+        if self.hparams.minibatch_size is None:
+            for _ in range(self.hparams.epochs):
+                yield batch
+            return
+        buffer = ReplayBuffer(
+            storage=LazyTensorStorage(self.frames_per_batch),
+            sampler=SamplerWithoutReplacement(),
+            batch_size=self.hparams.minibatch_size,
+        )
+        buffer.extend(batch.reshape(-1))
+        for _ in range(self.hparams.epochs):
+            yield from buffer
+
+    def update(self, batch: TensorDictBase) -> None:
+        """``epochs`` x minibatch optimizer steps. With a target KL, the iteration stops right
+        after the optimizer step of the first minibatch whose ``approx_kl`` (measured before that
+        step, against the batch's behaviour policy) exceeds the target: that minibatch's step is
+        taken, the remaining ones are skipped (as in SB3 and CleanRL's ``--target-kl``)."""
+        stopped_early = False
+        target_kl = self.hparams.target_kl
+        for minibatch in self.minibatches(batch):
+            out = self.loss_module(minibatch)
+            if not self.train_critic:
+                out = out.exclude(*_CRITIC_LOSSES)  # the advantage needs no critic: none is trained
+            self.optimizer_step(self.total_loss(out), self.hparams.max_grad_norm)
+            metrics = {key: out[key] for key in _LOGGED if key in out}
+            if "kl" in out:  # the penalty's KL as each minibatch saw it before its step (not d)
+                metrics["kl_penalty"] = out["kl"].mean()
+            self.accumulate(metrics)
+            if target_kl is not None and self._kl_exceeds(metrics["approx_kl"], target_kl):
+                stopped_early = True
+                break
+        iteration_metrics = {"stopped_early": float(stopped_early), "advantage_std": batch["advantage"].std()}
+        baseline = getattr(self.advantage_module, "moving_baseline", None)
+        if baseline is not None and getattr(self.advantage_module, "baseline", None) == "moving_average":
+            iteration_metrics["baseline"] = float(baseline)
+        if getattr(self.loss_module, "beta", None) is not None:
+            # d = KL(pi_old || pi_new) over the iteration's batch after its updates (train/kl),
+            # averaged over ranks so every rank adapts beta identically (AdaptiveKL)
+            self.measured_kl = float(self.sum_over_ranks(policy_kl(self.actor, batch)) / self.world_size)
+            iteration_metrics["kl"] = self.measured_kl
+        self.accumulate_iteration(iteration_metrics)
+
+    def _kl_exceeds(self, approx_kl: torch.Tensor, limit: float) -> bool:
+        """Whether the approximate KL passed ``limit``, decided identically on every rank: a rank
+        that stopped alone would leave the others waiting in the gradient all-reduce."""
+        return bool(self.sum_over_ranks(approx_kl) / self.world_size > limit)

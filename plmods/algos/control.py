@@ -94,7 +94,7 @@ class ControlModule(RLModule):
         model: actor/critic factory.
         frames_per_batch: transitions per iteration (multiple of ``env.num_envs``); with episode
             batches, the collector's polling size.
-        total_frames: frame budget (training stops there; horizon of the annealing schedules).
+        total_frames: budget of env steps (training stops there; horizon of the annealing schedules).
         episodes_per_batch: whole episodes of the current policy per iteration instead of
             ``frames_per_batch`` frames, a multiple of ``env.num_envs`` (every env contributes the
             same number: no bias toward short episodes). ``None``: fixed-size batches.
@@ -329,13 +329,29 @@ class ControlModule(RLModule):
         num_envs = self.env_factory.num_envs
         per_env = (self.hparams.episodes_per_batch or num_envs) // num_envs
         episodes, frames = [], 0
+        self._stepped_frames = 0
+
+        def poll() -> TensorDictBase:
+            chunk = super(ControlModule, self).next_collector_batch()
+            self._stepped_frames += chunk.numel()
+            return chunk
+
         while True:
             # every episode starts after this reset, so no step of an earlier policy is kept
             self._collector.reset()
-            episodes.append(whole_episodes(super().next_collector_batch, num_envs, per_env))
+            episodes.append(whole_episodes(poll, num_envs, per_env))
             frames += episodes[-1].numel()
             if self.hparams.frames_per_update is None or frames >= self.hparams.frames_per_update:
                 return torch.cat(episodes, 0) if len(episodes) > 1 else episodes[0]
+
+    def batch_frames(self, batch: TensorDictBase) -> int:
+        """Env steps taken for ``batch``: with episode batches, also the steps each env took after
+        its quota of episodes (sampled, then dropped): ``frames`` counts interactions, not only
+        the ones trained on (``train/frames_trained``)."""
+        if self.hparams.episodes_per_batch is None and self.hparams.frames_per_update is None:
+            return batch.numel()
+        self.accumulate_iteration({"frames_trained": float(batch.numel())})
+        return self._stepped_frames
 
     def prepare_batch(self, batch: TensorDictBase) -> TensorDictBase:
         """The advantage with the current critic (no grad): ``advantage`` and ``value_target``."""

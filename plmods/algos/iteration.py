@@ -192,11 +192,11 @@ class IterationModule(LightningModule):
         return logs
 
     def sum_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
-        """``value`` summed over all ranks (itself when not distributed); every rank must call it."""
-        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
-            reduced = value.detach().to(self.device)  # NCCL reduces device tensors only
-            dist.all_reduce(reduced)
-            return reduced.to(value.device)
+        """``value`` summed over all ranks (itself when not distributed), through the strategy's
+        ``reduce``; every rank must call it."""
+        if self.world_size > 1:
+            reduced = value.detach().clone().to(self.device)  # NCCL reduces device tensors only
+            return self.trainer.strategy.reduce(reduced, reduce_op="sum").to(value.device)
         return value
 
     # ------------------------------------------------------------------ summary

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from hydra.utils import get_method
 
 from plmods.errors import ConfigError
 
@@ -14,20 +14,21 @@ __all__ = ["RewardFunctions", "resolve_callable"]
 
 
 def resolve_callable(path: str | Callable, setting: str) -> Callable:
-    """``"package.module.function"`` -> the function; a callable is returned as is."""
+    """``"package.module.function"`` -> the function (Hydra's ``get_method``); a callable is
+    returned as is."""
     if callable(path):
         return path
-    module_name, _, attr = str(path).rpartition(".")
     try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as err:
+        return get_method(str(path))
+    except ValueError as err:  # found, but not callable
+        if "non-callable" in str(err):
+            raise ConfigError(f"{setting}={path!r} is not callable.") from None
+        raise ConfigError(f"{setting}={path!r} is not an importable callable ({err}).") from None
+    except (ImportError, AttributeError) as err:
         raise ConfigError(
             f"{setting}={path!r} is not an importable callable ({err}). Give a dotted path such as "
             "plmods.rewards.exact_match."
         ) from None
-    if not callable(fn):
-        raise ConfigError(f"{setting}={path!r} is not callable.")
-    return fn
 
 
 class RewardFunctions:

@@ -42,7 +42,7 @@ def test_default_cartpole_fast(run_train):
 
 
 def test_continuous_pendulum_fast(run_train):
-    run = run_train(*PPO_FAST, "env=pendulum", "env.obs_norm=true", "algo.entropy_coeff=0.01")
+    run = run_train(*PPO_FAST, "env=pendulum", "env.obs_norm=true", "algo.loss.entropy_coeff=0.01")
     s = run.summary
     assert s["env"] == "Pendulum-v1" and s["frames"] == 256
     assert s["val/episode_return"]["final"] < 0  # Pendulum rewards are negative

@@ -136,7 +136,7 @@ class RecordsStaleness(ControlModule):
 
 @pytest.mark.parametrize("batching", [{"episodes_per_batch": 8}, {"episodes_per_batch": None, "frames_per_update": 200}])
 def test_reinforce_updates_only_on_steps_of_the_current_policy(batching):
-    module = RecordsStaleness.reinforce(ENV, frames_per_batch=32, total_frames=1200, eval_episodes=2, lr=1e-2, **batching)
+    module = RecordsStaleness.reinforce(ENV, frames_per_batch=32, total_frames=3000, eval_episodes=2, lr=1e-2, **batching)
     _fit(module)
     assert len(module.gaps) >= 4
     assert max(module.gaps) < 1e-5, module.gaps  # every step was sampled by the policy being updated

@@ -197,6 +197,7 @@ class ControlModule(RLModule):
         self.train_critic = getattr(estimator, "uses_critic", True)
         self._clip_epsilon = float(self.loss_module.clip_epsilon) if anneal_clip_epsilon else None
         self.measured_kl: float | None = None
+        self._logged_keys: list[str] | None = None
 
     # ------------------------------------------------------------------ the usual configurations
     @classmethod
@@ -394,9 +395,13 @@ class ControlModule(RLModule):
             if not self.train_critic:
                 out = out.exclude(*_CRITIC_LOSSES)  # the advantage needs no critic: none is trained
             self.optimizer_step(self.total_loss(out), self.hparams.max_grad_norm)
-            metrics = {key: out[key] for key in _LOGGED if key in out}
-            if "kl" in out:  # the penalty's KL as each minibatch saw it before its step (not d)
-                metrics["kl_penalty"] = out["kl"].mean()
+            if self._logged_keys is None:  # the loss's output keys are fixed: look them up once
+                present = set(out.keys())  # (a TensorDict membership test costs ~6 us a key)
+                self._logged_keys = [key for key in _LOGGED if key in present]
+                self._penalty_kl = "kl" in present
+            metrics = {key: out.get(key) for key in self._logged_keys}
+            if self._penalty_kl:  # the penalty's KL as each minibatch saw it before its step (not d)
+                metrics["kl_penalty"] = out.get("kl").mean()
             self.accumulate(metrics)
             if target_kl is not None and self._kl_exceeds(metrics["approx_kl"], target_kl):
                 stopped_early = True

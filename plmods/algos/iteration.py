@@ -169,9 +169,13 @@ class IterationModule(LightningModule):
     def accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
         """Add one optimizer step's scalars; ``training_step`` logs their iteration means once.
         Logging every minibatch cost as much as the PPO update itself."""
+        sums = self._metric_sums
         for key, value in metrics.items():
             value = value.detach()
-            self._metric_sums[key] = self._metric_sums[key] + value if key in self._metric_sums else value
+            if key in sums:
+                sums[key].add_(value)
+            else:
+                sums[key] = value.clone()
         self._metric_count += 1
 
     def accumulate_iteration(self, metrics: dict[str, float | torch.Tensor]) -> None:

@@ -34,8 +34,7 @@ class _K3Mixin:
 
     def _log_weight(self, tensordict: TensorDictBase, adv_shape: torch.Size):
         out = super()._log_weight(tensordict, adv_shape)  # (log_weight, dist, kl_approx, log_is_weight)
-        with torch.no_grad():
-            self._approx_kl = k3(out[0]).mean()  # log_weight = log pi - log pi_old
+        self._approx_kl = k3(out[0].detach()).mean()  # log_weight = log pi - log pi_old
         return out
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:

@@ -314,7 +314,7 @@ class ControlModule(RLModule):
         # stepped once per iteration in on_train_epoch_end (manual optimization: Lightning does
         # not step it); its state is in Lightning's checkpoints, so a resumed run anneals on time
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()

@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from plmods.rollout.group_advantage import GroupRelativeAdvantage
 
@@ -84,3 +86,26 @@ def test_process_prompt_without_steps_does_not_stop_the_later_prompts():
         [[[], []], [[(0, 1.0)], [(0, 0.0)]]], num_tokens=2
     )
     torch.testing.assert_close(adv, torch.tensor([[[0.0, 0.0], [0.0, 0.0]], [[0.5, 0.0], [-0.5, 0.0]]]))
+
+
+# ---- properties (hypothesis) ----
+
+_REWARDS = st.lists(
+    st.lists(st.floats(min_value=-10, max_value=10, allow_nan=False, allow_subnormal=False, width=32), min_size=2, max_size=8),
+    min_size=1,
+    max_size=4,
+).filter(lambda groups: len({len(g) for g in groups}) == 1)
+
+
+@settings(deadline=None, max_examples=60)
+@given(_REWARDS)
+def test_outcome_advantages_are_centred_and_zero_for_uniform_groups(groups):
+    rewards = torch.tensor(groups, dtype=torch.float32)  # [B, G]
+    adv = GroupRelativeAdvantage().outcome(rewards)
+    torch.testing.assert_close(adv.mean(-1), torch.zeros(len(groups)), atol=1e-3, rtol=0)
+    uniform = (rewards.max(-1).values - rewards.min(-1).values) == 0
+    assert (adv[uniform] == 0).all()
+    # order is kept: a better reward never gets a smaller advantage within its group
+    for b in range(len(groups)):
+        order = rewards[b].argsort()
+        assert (adv[b][order].diff() >= -1e-6).all()

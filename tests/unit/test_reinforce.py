@@ -150,3 +150,27 @@ def test_every_batch_is_whole_fresh_episodes_of_the_current_policy(kwargs, check
     # quota, in whole polls of frames_per_batch = 64
     assert module.frames >= frames and module.frames % 64 == 0
     module.teardown("fit")
+
+
+def test_monte_carlo_advantage_defaults_and_bounds():
+    from plmods.rollout.returns import MonteCarloAdvantage
+
+    critic = torch.nn.Linear(4, 1)
+    adv = MonteCarloAdvantage(critic)
+    assert (adv.gamma, adv.baseline, adv.baseline_decay, adv.normalize_advantage) == (0.99, "value", 0.9, True)
+    assert adv.uses_critic is True
+    assert adv.moving_baseline_initialized.dtype == torch.bool and not bool(adv.moving_baseline_initialized)
+    assert adv.moving_baseline.shape == () and float(adv.moving_baseline) == 0.0
+    assert dict(adv.named_parameters()) == {}  # the critic is not registered here
+    for baseline in ("none", "moving_average"):
+        assert MonteCarloAdvantage(critic, baseline=baseline).uses_critic is False
+    MonteCarloAdvantage(critic, gamma=1.0, baseline_decay=0.0)  # both bounds are valid
+    for kwargs, message in (
+        ({"gamma": 0.0}, "gamma must be in (0, 1], got 0.0."),
+        ({"gamma": 1.01}, "gamma must be in (0, 1], got 1.01."),
+        ({"baseline_decay": 1.0}, "baseline_decay must be in [0, 1), got 1.0."),
+        ({"baseline_decay": -0.1}, "baseline_decay must be in [0, 1), got -0.1."),
+        ({"baseline": "mean"}, "baseline must be one of ['none', 'moving_average', 'value'], got 'mean'."),
+    ):
+        with pytest.raises(ConfigError, match="^" + re.escape(message) + "$"):
+            MonteCarloAdvantage(critic, **kwargs)

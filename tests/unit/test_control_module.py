@@ -1,0 +1,93 @@
+"""ControlModule's own logic at its edges: critic training follows the estimator, logged
+iteration metrics, cross-rank averaging, the target-KL boundary, frames-mode rounds."""
+
+import lightning as L
+import pytest
+import torch
+from tensordict import TensorDict
+
+import plmods.algos.control as control
+from plmods.algos import ControlModule
+from plmods.envs import ControlEnv
+
+ENV = ControlEnv("CartPole-v1", num_envs=4, max_episode_steps=30)
+
+
+def _fit(module, epochs=2):
+    trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, check_val_every_n_epoch=100)  # fmt: skip
+    trainer.fit(module)
+    return trainer
+
+
+@pytest.mark.parametrize(("baseline", "critic_trained"), [("value", True), ("moving_average", False), ("none", False)])
+def test_the_critic_is_trained_only_when_the_advantage_uses_it(baseline, critic_trained):
+    module = ControlModule.reinforce(ENV, baseline=baseline, episodes_per_batch=4, frames_per_batch=32, eval_episodes=1)
+    before = [p.detach().clone() for p in module.critic.parameters()]
+    trainer = _fit(module)
+    changed = any(not torch.equal(a, b) for a, b in zip(before, module.critic.parameters(), strict=True))
+    assert changed == critic_trained
+    metrics = trainer.callback_metrics
+    assert ("train/loss_value" in metrics) == critic_trained
+    assert float(metrics["train/advantage_std"]) == pytest.approx(1.0, abs=1e-4)  # normalised advantages
+    if baseline == "moving_average":
+        assert float(metrics["train/baseline"]) == pytest.approx(float(module.advantage_module.moving_baseline))
+        assert float(metrics["train/baseline"]) > 0  # CartPole returns-to-go are positive
+    else:
+        assert "train/baseline" not in metrics
+
+
+class _TwoIdenticalRanks:
+    """Stands in for 2 ranks that hold the same values: sums double."""
+
+    world_size = 2
+
+    @staticmethod
+    def sum_over_ranks(value):
+        return value * 2
+
+
+def test_cross_rank_quantities_are_means_over_ranks(monkeypatch):
+    module = ControlModule.ppo(ENV, frames_per_batch=64, minibatch_size=32, total_frames=640)
+    assert module.num_iterations() == 10
+    monkeypatch.setattr(ControlModule, "world_size", property(lambda self: 2))
+    monkeypatch.setattr(module, "sum_over_ranks", _TwoIdenticalRanks.sum_over_ranks)
+    assert module.num_iterations() == 5  # each of the 2 ranks collects 64 frames per iteration
+    assert module._kl_exceeds(torch.tensor(0.5), 0.4) and not module._kl_exceeds(torch.tensor(0.3), 0.4)
+
+
+def test_target_kl_stops_only_above_the_target():
+    module = ControlModule.ppo(ENV, frames_per_batch=64, minibatch_size=32)
+    assert not module._kl_exceeds(torch.tensor(0.02), 0.02)
+    assert module._kl_exceeds(torch.tensor(0.0200001), 0.02)
+
+
+def test_measured_kl_is_the_rank_mean(monkeypatch):
+    module = ControlModule.ppo_kl(ENV, frames_per_batch=64, minibatch_size=32, total_frames=64, eval_episodes=1)
+    trainer = _fit(module, epochs=1)
+    single = module.measured_kl
+    assert single > 0 and float(trainer.callback_metrics["train/kl"]) == pytest.approx(single)
+    monkeypatch.setattr(control, "policy_kl", lambda actor, batch: torch.tensor(0.25))
+    monkeypatch.setattr(ControlModule, "world_size", property(lambda self: 2))
+    monkeypatch.setattr(module, "sum_over_ranks", _TwoIdenticalRanks.sum_over_ranks)
+    monkeypatch.setattr(module, "minibatches", lambda batch: iter(()))
+    monkeypatch.setattr(module, "accumulate_iteration", lambda metrics: None)
+    module.update(TensorDict({"advantage": torch.ones(4, 1)}, [4]))
+    assert module.measured_kl == 0.25
+
+
+@pytest.mark.parametrize(("frames_per_update", "rounds"), [(20, 2), (21, 3), (30, 3), (10, 1)])
+def test_frames_mode_collects_rounds_until_the_target(monkeypatch, frames_per_update, rounds):
+    module = ControlModule.reinforce(ENV, frames_per_update=frames_per_update, frames_per_batch=32)
+    calls = []
+
+    def ten_frames(poll, num_envs, per_env):
+        calls.append(per_env)
+        return TensorDict({"x": torch.full((10,), float(len(calls)))}, [10])
+
+    monkeypatch.setattr(control, "whole_episodes", ten_frames)
+    monkeypatch.setattr(module, "_collector", type("C", (), {"reset": lambda self: None})(), raising=False)
+    batch = module.next_collector_batch()
+    assert len(calls) == rounds and calls == [1] * rounds  # one episode per env per round
+    assert batch.numel() == 10 * rounds
+    assert batch["x"].tolist() == [float(i) for i in range(1, rounds + 1) for _ in range(10)]

@@ -115,3 +115,12 @@ def test_approx_kl_of_identical_policies_is_exactly_zero(module):
     # ratio 1 everywhere: k3 = expm1(0) - 0 = 0 exactly (the cancelling form gave -1.4e-9)
     td, _ = _batch(module, [1.0] * 8, [1.0, -1.0] * 4, value_offsets=[0.0] * 8)
     assert float(module.loss_module(td)["approx_kl"]) == 0.0
+
+
+def test_k3_losses_add_the_entropy_term_when_its_weight_is_positive(module):
+    from plmods.algos.ppo_loss import K3ClipPPOLoss, K3KLPENPPOLoss
+
+    for loss_type in (K3ClipPPOLoss, K3KLPENPPOLoss):
+        assert loss_type(module.actor, module.critic).entropy_bonus is True  # torchrl's entropy_coeff 0.01
+        assert loss_type(module.actor, module.critic, entropy_coeff=0.0).entropy_bonus is False
+        assert loss_type(module.actor, module.critic, entropy_coeff=0.0, entropy_bonus=True).entropy_bonus is True

@@ -200,6 +200,17 @@ class ControlModule(RLModule):
         self._logged_keys: list[str] | None = None
 
     # ------------------------------------------------------------------ the usual configurations
+    # the arguments PPO-clip and PPO-penalty share, with their defaults (the YAML's, tested)
+    _PPO_LOSS_DEFAULTS = {"normalize_advantage": True, "entropy_coeff": 0.0, "critic_coeff": 0.5, "loss_critic_type": "l2"}
+    _GAE_DEFAULTS = {"gamma": 0.98, "lmbda": 0.8}
+
+    @classmethod
+    def _with_gae(cls, env: ControlEnv, loss_type: type, loss_kwargs: dict[str, Any], kwargs: dict[str, Any]):
+        """``loss_type`` with the PPO-family loss arguments and ``GAE``, taken out of ``kwargs``."""
+        shared = {key: kwargs.pop(key, default) for key, default in cls._PPO_LOSS_DEFAULTS.items()}
+        gae = {key: kwargs.pop(key, default) for key, default in cls._GAE_DEFAULTS.items()}
+        return cls(env, loss=partial(loss_type, **loss_kwargs, **shared), advantage=partial(GAE, **gae), **kwargs)
+
     @classmethod
     def ppo(
         cls,
@@ -208,45 +219,21 @@ class ControlModule(RLModule):
         clip_epsilon: float = 0.2,
         clip_value: bool = False,
         anneal_clip_epsilon: bool = True,
-        gamma: float = 0.98,
-        lmbda: float = 0.8,
-        normalize_advantage: bool = True,
-        entropy_coeff: float = 0.0,
-        critic_coeff: float = 0.5,
-        loss_critic_type: str = "l2",
         **kwargs: Any,
     ) -> ControlModule:
-        """PPO-clip: ``K3ClipPPOLoss`` + ``GAE``; other keywords go to the constructor."""
-        loss = partial(
-            K3ClipPPOLoss, clip_epsilon=clip_epsilon, clip_value=clip_value, entropy_coeff=entropy_coeff, critic_coeff=critic_coeff, loss_critic_type=loss_critic_type,
-            normalize_advantage=normalize_advantage,
-        )  # fmt: skip
-        advantage = partial(GAE, gamma=gamma, lmbda=lmbda)
-        return cls(env, loss=loss, advantage=advantage, anneal_clip_epsilon=anneal_clip_epsilon, **kwargs)
+        """PPO-clip: ``K3ClipPPOLoss`` + ``GAE``. Also takes ``gamma`` (0.98), ``lmbda`` (0.8),
+        ``normalize_advantage`` (True), ``entropy_coeff`` (0), ``critic_coeff`` (0.5),
+        ``loss_critic_type`` ("l2"); other keywords go to the constructor."""
+        loss_kwargs = {"clip_epsilon": clip_epsilon, "clip_value": clip_value}
+        return cls._with_gae(env, K3ClipPPOLoss, loss_kwargs, {"anneal_clip_epsilon": anneal_clip_epsilon, **kwargs})
 
     @classmethod
-    def ppo_kl(
-        cls,
-        env: ControlEnv,
-        *,
-        kl_coef: float = 1.0,
-        samples_mc_kl: int = 1,
-        gamma: float = 0.98,
-        lmbda: float = 0.8,
-        normalize_advantage: bool = True,
-        entropy_coeff: float = 0.0,
-        critic_coeff: float = 0.5,
-        loss_critic_type: str = "l2",
-        **kwargs: Any,
-    ) -> ControlModule:
-        """PPO-penalty: ``K3KLPENPPOLoss`` with torchrl's per-minibatch beta rule off
-        (``increment = decrement = 1``; beta moves only through ``kl_coef``) + ``GAE``."""
-        loss = partial(
-            K3KLPENPPOLoss, beta=kl_coef, increment=1.0, decrement=1.0, samples_mc_kl=samples_mc_kl,
-            entropy_coeff=entropy_coeff, critic_coeff=critic_coeff,
-            loss_critic_type=loss_critic_type, normalize_advantage=normalize_advantage,
-        )  # fmt: skip
-        return cls(env, loss=loss, advantage=partial(GAE, gamma=gamma, lmbda=lmbda), **kwargs)
+    def ppo_kl(cls, env: ControlEnv, *, kl_coef: float = 1.0, samples_mc_kl: int = 1, **kwargs: Any) -> ControlModule:
+        """PPO-penalty: ``K3KLPENPPOLoss`` + ``GAE``, torchrl's per-minibatch beta rule off
+        (``increment = decrement = 1``: beta moves only through ``kl_coef``). The loss and GAE
+        arguments are ``ppo``'s."""
+        loss_kwargs = {"beta": kl_coef, "increment": 1.0, "decrement": 1.0, "samples_mc_kl": samples_mc_kl}
+        return cls._with_gae(env, K3KLPENPPOLoss, loss_kwargs, kwargs)
 
     @classmethod
     def reinforce(

@@ -112,7 +112,9 @@ def _direct(model, input_ids, attention_mask, T, temperature):
     P = input_ids.shape[1] - T
     with torch.no_grad():
         logits = model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=(attention_mask.cumsum(-1) - 1).clamp_min(0)
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=(attention_mask.cumsum(-1) - 1).clamp_min(0),
         ).logits
     return logits[:, P - 1 : P + T - 1] / temperature
 
@@ -218,7 +220,10 @@ def test_diagnostics_of_a_batch_without_response_tokens_are_zero():
 def test_ratios_exactly_on_the_clip_bounds_are_not_clipped():
     # pi(token 0) = 1 in float32 (logit gap 1e4), so log r = -old exactly
     loss = MaskedGRPOLoss(
-        TableScorer(torch.tensor([[[0.0, -1e4]] * 4])), clip_epsilon=0.2, entropy_bonus=False, kl_to_ref_coeff=0.0
+        TableScorer(torch.tensor([[[0.0, -1e4]] * 4])),
+        clip_epsilon=0.2,
+        entropy_bonus=False,
+        kl_to_ref_coeff=0.0,
     )
     low, high = loss._clip_bounds  # log 0.8, log 1.2 (float32)
     old = torch.stack([-low, -high, torch.tensor(0.3), torch.tensor(0.0)]).view(1, 4)

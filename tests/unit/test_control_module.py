@@ -29,6 +29,7 @@ def test_the_critic_is_trained_only_when_the_advantage_uses_it(baseline, critic_
     assert changed == critic_trained
     metrics = trainer.callback_metrics
     assert ("train/loss_value" in metrics) == critic_trained
+    assert 0 < float(metrics["train/frames_trained"]) <= module.frames
     assert float(metrics["train/advantage_std"]) == pytest.approx(1.0, abs=1e-4)  # normalised advantages
     if baseline == "moving_average":
         assert float(metrics["train/baseline"]) == pytest.approx(float(module.advantage_module.moving_baseline))
@@ -91,3 +92,33 @@ def test_frames_mode_collects_rounds_until_the_target(monkeypatch, frames_per_up
     assert len(calls) == rounds and calls == [1] * rounds  # one episode per env per round
     assert batch.numel() == 10 * rounds
     assert batch["x"].tolist() == [float(i) for i in range(1, rounds + 1) for _ in range(10)]
+
+
+def test_injected_parts_may_be_plain_classes_and_must_be_callables():
+    from torchrl.objectives import ReinforceLoss
+
+    from plmods.errors import ConfigError
+    from plmods.rollout.returns import MonteCarloAdvantage
+
+    module = ControlModule(ENV, loss=ReinforceLoss, advantage=MonteCarloAdvantage, episodes_per_batch=4,
+                           minibatch_size=None, frames_per_batch=32)  # fmt: skip
+    assert module.algorithm == "REINFORCE" and module.train_critic
+    with pytest.raises(ConfigError, match=r"^loss must be a callable \(a Hydra node with _partial_: true\), got 3\.$"):
+        ControlModule(ENV, loss=3, advantage=MonteCarloAdvantage)
+
+
+def test_reinforce_rejects_both_batch_sizes():
+    from plmods.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="^set at most one of episodes_per_batch and frames_per_update"):
+        ControlModule.reinforce(ENV, episodes_per_batch=8, frames_per_update=300)
+
+
+def test_each_epoch_visits_every_transition_once():
+    module = ControlModule.ppo(ENV, frames_per_batch=64, minibatch_size=16, epochs=3)
+    batch = TensorDict({"index": torch.arange(64)}, [64])
+    seen = [mb["index"].tolist() for mb in module.minibatches(batch)]
+    assert len(seen) == 12 and all(len(mb) == 16 for mb in seen)
+    for epoch in range(3):
+        assert sorted(i for mb in seen[4 * epoch : 4 * epoch + 4] for i in mb) == list(range(64))
+    assert seen[:4] != seen[4:8]  # a new permutation each epoch

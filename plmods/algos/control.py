@@ -190,7 +190,9 @@ class ControlModule(RLModule):
         )
         estimator = advantage(value_network=self.critic)
         if any(p is q for p in estimator.parameters() for q in self.critic.parameters()):
-            # holds the critic's parameters (GAE): unregistered, or checkpoints would store them twice
+            # an estimator that registers the critic itself: kept unregistered here, or checkpoints
+            # and the optimizer would see the critic's parameters twice (torchrl's GAE holds it
+            # functionally and only registers its gamma / lmbda buffers, so it is registered)
             object.__setattr__(self, "advantage_module", estimator)
         else:
             self.advantage_module = estimator  # its own state (e.g. a moving baseline) is checkpointed

@@ -122,3 +122,23 @@ def test_each_epoch_visits_every_transition_once():
     for epoch in range(3):
         assert sorted(i for mb in seen[4 * epoch : 4 * epoch + 4] for i in mb) == list(range(64))
     assert seen[:4] != seen[4:8]  # a new permutation each epoch
+
+
+def test_builders_forward_every_argument_to_the_loss_and_the_estimator():
+    ppo = ControlModule.ppo(
+        ENV, clip_epsilon=0.3, clip_value=True, entropy_coeff=0.05, critic_coeff=0.25, loss_critic_type="l1",
+        normalize_advantage=False, gamma=0.9, lmbda=0.7, frames_per_batch=64, minibatch_size=32,
+    )  # fmt: skip
+    loss = ppo.loss_module
+    assert float(loss.clip_epsilon) == pytest.approx(0.3) and bool(loss.clip_value)
+    assert float(loss.entropy_coeff) == pytest.approx(0.05) and loss.entropy_bonus is True
+    assert float(loss.critic_coeff) == pytest.approx(0.25) and loss.loss_critic_type == "l1"
+    assert loss.normalize_advantage is False
+    assert float(ppo.advantage_module.gamma) == pytest.approx(0.9)
+    assert float(ppo.advantage_module.lmbda) == pytest.approx(0.7)
+    kl = ControlModule.ppo_kl(ENV, kl_coef=0.3, samples_mc_kl=3, critic_coeff=0.75, gamma=0.95, frames_per_batch=64,
+                              minibatch_size=32)  # fmt: skip
+    assert kl.kl_coef == pytest.approx(0.3) and kl.loss_module.samples_mc_kl == 3
+    assert float(kl.loss_module.critic_coeff) == pytest.approx(0.75)
+    assert (kl.loss_module.increment, kl.loss_module.decrement) == (1.0, 1.0)
+    assert float(kl.advantage_module.gamma) == pytest.approx(0.95)

@@ -140,17 +140,23 @@ def test_shared_prompt_forward_follows_the_input_device_not_the_default_one():
     torch.testing.assert_close(logits, _direct(model, input_ids, attention_mask, 3, 1.0), rtol=0, atol=1e-5)
 
 
-def test_log_probs_run_each_shared_prompt_once():
-    spy = Spy(_llama())
+def _spy_batch(**extra) -> TensorDict:
+    """The shared-prompt batch with T = 2 response tokens, as the scorer and the loss read it."""
     input_ids, attention_mask = _shared_batch(2)
-    batch = TensorDict(
+    return TensorDict(
         input_ids=input_ids,
         attention_mask=attention_mask,
         response_tokens=input_ids[:, 3:],
         response_mask=torch.ones(7, 2, dtype=torch.bool),
         prompt_group=GROUP,
         batch_size=[7],
+        **extra,
     )
+
+
+def test_log_probs_run_each_shared_prompt_once():
+    spy = Spy(_llama())
+    batch = _spy_batch()
     with torch.no_grad():
         ResponseScorer(spy).log_probs(batch)
     assert spy.shapes == [(3, 3), (7, 1)]  # 3 prompts of 3 tokens, then 7 rows of T - 1 = 1 token
@@ -158,17 +164,7 @@ def test_log_probs_run_each_shared_prompt_once():
 
 def test_loss_runs_each_shared_prompt_once():
     spy = Spy(_llama())
-    input_ids, attention_mask = _shared_batch(2)
-    batch = TensorDict(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        response_tokens=input_ids[:, 3:],
-        response_mask=torch.ones(7, 2, dtype=torch.bool),
-        old_log_probs=torch.zeros(7, 2),
-        advantage=torch.ones(7, 2, 1),
-        prompt_group=GROUP,
-        batch_size=[7],
-    )
+    batch = _spy_batch(old_log_probs=torch.zeros(7, 2), advantage=torch.ones(7, 2, 1))
     MaskedGRPOLoss(ResponseScorer(spy), entropy_bonus=False, kl_to_ref_coeff=0.0)(batch)
     assert spy.shapes == [(3, 3), (7, 1)]
 

@@ -102,9 +102,10 @@ class RLModule(IterationModule):
             return
         # the training RNG (minibatch order, action sampling) follows the module's seed, in a
         # user's own Trainer too; a resumed run restores its saved RNG before the next iteration
-        seed_everything(self.rank_seed(), verbose=False)
+        seed = self.rank_seed()
+        seed_everything(seed, verbose=False)
         # Seed before the collector exists: its constructor resets the env.
-        env = self.env_factory.make(seed=self.rank_seed())
+        env = self.env_factory.make(seed=seed)
         self._collector = make_collector(env, self.actor, frames_per_batch=self.frames_per_batch)
         self._collector_iter = iter(self._collector)
 

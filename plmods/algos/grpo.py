@@ -32,7 +32,7 @@ from tensordict import TensorDict
 from transformers import GenerationConfig
 
 from plmods.algos.grpo_loss import AGGREGATIONS, MaskedGRPOLoss, ResponseScorer
-from plmods.algos.iteration import EVAL_SEED_OFFSET, RANK_SEED_OFFSET, IterationModule
+from plmods.algos.iteration import EVAL_SEED_OFFSET, IterationModule
 from plmods.envs.text import TextTask
 from plmods.errors import require
 from plmods.models.lm import TinyCausalLM
@@ -239,8 +239,8 @@ class GRPOModule(IterationModule):
                 "set algo.kl_coef > 0 (e.g. 0.04) or drop the callback.",
             )
         if stage == "fit" and self._trainer is not None and self.global_rank > 0:
-            self._prompt_rng = random.Random(self.seed + self.global_rank * RANK_SEED_OFFSET)
-            torch.manual_seed(self.seed + self.global_rank * RANK_SEED_OFFSET)
+            self._prompt_rng = random.Random(self.rank_seed())
+            torch.manual_seed(self.rank_seed())
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()

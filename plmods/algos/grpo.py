@@ -4,21 +4,22 @@ One Lightning epoch is one GRPO iteration::
 
     B prompts from the task, G sampled completions each (N = B * G)        make_batch, no grad
     rewards r = sum_k w_k * reward_k(prompts, completions, **fields)      [B, G]
-    advantages: outcome (r - mean_g) / (std_g + eps), or process (seed 003)
-    old log-probs: the sampler's own logits (no second forward); reference log-probs when beta > 0
-    mu passes x minibatches of torchrl's GRPOLoss (MaskedGRPOLoss)      update
+    advantages: an injected object (outcome (r - mean_g) / (std_g + eps), process (seed 003), yours)
+    old log-probs: recorded while sampling (no second forward); reference log-probs when beta > 0
+    mu passes x minibatches (x micro-batches) of torchrl's GRPOLoss (MaskedGRPOLoss)   update
 
     J = E[ 1/G sum_i 1/|o_i| sum_t min(ratio_it A_it, clip(ratio_it, 1 - eps_low, 1 + eps_high) A_it)
            - beta * KL_k3(pi_theta || pi_ref) ],   ratio_it = pi_theta(o_it | q, o_i<t) / pi_old(o_it | ...)
 
-The policy is a transformers causal LM; the frozen reference is a copy of it taken when training
-starts (after the optional SFT warm-up), moved by the ``RefPolicySync`` callback. With beta = 0
-no reference exists and no reference forward runs.
+The policy is any transformers causal LM (``HFCausalLM``; full or LoRA), built in
+``configure_model`` (so a sharded strategy can wrap it), with the frozen reference: a copy of the
+policy, or with LoRA a second frozen adapter on the same network (``plmods.models.lora``), moved by
+the ``RefPolicySync`` callback. With beta = 0 no reference exists and no reference forward runs.
+The supervised warm-up is a callback of its own (``plmods.callbacks.SFTWarmup``).
 """
 
 from __future__ import annotations
 
-import bisect
 import copy
 import logging
 import random
@@ -29,23 +30,22 @@ from typing import Any
 import torch
 from lightning.pytorch.loggers import WandbLogger
 from tensordict import TensorDict
-from transformers import GenerationConfig
 
 from plmods.algos.grpo_loss import AGGREGATIONS, MaskedGRPOLoss, ResponseScorer
 from plmods.algos.iteration import EVAL_SEED_OFFSET, IterationModule
 from plmods.envs.text import TextTask
 from plmods.errors import require
+from plmods.models.hf import HFCausalLM
 from plmods.models.lm import TinyCausalLM
-from plmods.models.sft import SFTWarmup, tokenize_prompts
-from plmods.rewards.combine import RewardFunctions, resolve_callable
+from plmods.models.lora import adapter_tensors, add_reference_adapter, is_lora, reference_adapter
+from plmods.rewards.combine import RewardFunctions
 from plmods.rollout.group_advantage import GroupRelativeAdvantage
+from plmods.rollout.sampler import GroupSampler
 from plmods.utils import rng_state
 
 __all__ = ["GRPOModule"]
 
 log = logging.getLogger(__name__)
-
-ADVANTAGES = ("outcome", "process")
 
 
 class GRPOModule(IterationModule):
@@ -53,18 +53,23 @@ class GRPOModule(IterationModule):
 
     Args:
         env: the text task (``AdditionTask``, ``CountdownTask``): prompts, fields, held-out set.
-        model: ``(model, tokenizer)`` factory (``TinyCausalLM``; ``path=`` loads a local checkpoint).
+        model: the causal-LM factory (``HFCausalLM``: any local transformers directory, full or
+            LoRA; ``TinyCausalLM`` by default).
         rewards: ``name -> dotted path`` or ``name -> {fn, weight}``; summed with their weights.
         accuracy_reward: the reward term whose value 1 means "correct" (``val/accuracy``);
             null uses the first term.
-        advantage: ``outcome`` (one reward per completion) or ``process`` (step rewards).
-        process_reward: dotted path of the step-reward function (``advantage=process``).
+        advantage: the advantage object (``GroupRelativeAdvantage()``: outcome, by default;
+            ``ProcessAdvantage(step_rewards=...)``; or any callable of the same keywords, see
+            ``plmods.rollout.group_advantage``).
         prompts_per_batch: prompts per iteration (B).
         group_size: completions sampled per prompt (G >= 2).
         max_new_tokens: completion length limit.
         temperature: sampling temperature (the loss scores with the same temperature).
         num_iterations: passes (mu) of optimizer steps over each generation round.
         minibatch_size: completions per optimizer step; null: all of the round in one step.
+        micro_batch_size: completions per forward/backward pass (gradients accumulate over the
+            micro-batches of a minibatch, so the step is the same); null: the whole minibatch.
+            Also bounds the reference forward: at most micro_batch_size x T x V logits exist.
         total_iterations: GRPO iterations (generation rounds) to train for.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
@@ -75,9 +80,7 @@ class GRPOModule(IterationModule):
         aggregation: ``token_mean`` (all response tokens of the batch) or ``sequence_mean``
             (per-completion mean, then mean: the 1/|o_i| of the GRPO objective).
         entropy_coeff: entropy bonus weight (0: off).
-        std_normalize: divide advantages by the group std (false: Dr. GRPO's centring only).
-        drop_uniform_groups: skip groups whose rewards are all equal (zero advantage) in the update.
-        sft: supervised warm-up applied when the module is built (null: none).
+        drop_uniform_groups: skip groups whose advantages are all zero (all-equal rewards) in the update.
         seed: prompt-draw and sampling seed (rank r uses seed + 10007 r).
         eval_problems: held-out problems per evaluation (one sampled answer each).
         eval_batch_size: prompts generated together during evaluation.
@@ -89,17 +92,17 @@ class GRPOModule(IterationModule):
     def __init__(
         self,
         env: TextTask,
-        model: TinyCausalLM | None = None,
+        model: HFCausalLM | None = None,
         rewards: Mapping[str, Any] | None = None,
         accuracy_reward: str | None = None,
-        advantage: str = "outcome",
-        process_reward: str | None = None,
+        advantage: Any = None,
         prompts_per_batch: int = 16,
         group_size: int = 8,
         max_new_tokens: int = 8,
         temperature: float = 1.0,
         num_iterations: int = 2,
         minibatch_size: int | None = None,
+        micro_batch_size: int | None = None,
         total_iterations: int = 60,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
@@ -109,9 +112,7 @@ class GRPOModule(IterationModule):
         kl_coef: float = 0.0,
         aggregation: str = "token_mean",
         entropy_coeff: float = 0.0,
-        std_normalize: bool = True,
         drop_uniform_groups: bool = True,
-        sft: SFTWarmup | None = None,
         seed: int = 0,
         eval_problems: int = 200,
         eval_batch_size: int = 200,
@@ -124,9 +125,11 @@ class GRPOModule(IterationModule):
             "the presets experiment=grpo_addition and experiment=grpo_countdown set env and model.",
         )
         require(
-            model is None or isinstance(model, TinyCausalLM),
-            f"algo=grpo needs a causal LM factory (model=tiny_lm), got {type(model).__name__}.",
+            model is None or isinstance(model, HFCausalLM),
+            f"algo=grpo needs a causal LM factory (model=hf_causal_lm, model=smollm2 or model=tiny_lm), got {type(model).__name__}.",
         )
+        advantage = GroupRelativeAdvantage() if advantage is None else advantage
+        require(callable(advantage), f"algo.advantage must be an advantage object (callable), got {type(advantage).__name__}.")
         rewards = {"correct": "plmods.rewards.exact_match"} if rewards is None else rewards
         require(prompts_per_batch >= 1, f"algo.prompts_per_batch must be >= 1, got {prompts_per_batch}.")
         require(group_size >= 2, f"algo.group_size must be >= 2 (advantages compare completions of a prompt), got {group_size}.")
@@ -134,6 +137,7 @@ class GRPOModule(IterationModule):
         require(temperature > 0, f"algo.temperature must be > 0, got {temperature}.")
         require(num_iterations >= 1, f"algo.num_iterations must be >= 1, got {num_iterations}.")
         require(minibatch_size is None or minibatch_size >= 1, f"algo.minibatch_size must be >= 1 or null, got {minibatch_size}.")
+        require(micro_batch_size is None or micro_batch_size >= 1, f"algo.micro_batch_size must be >= 1 or null, got {micro_batch_size}.")
         require(total_iterations >= 1, f"algo.total_iterations must be >= 1, got {total_iterations}.")
         require(lr > 0, f"algo.lr must be > 0, got {lr}.")
         require(max_grad_norm is None or max_grad_norm > 0, f"algo.max_grad_norm must be > 0 or null, got {max_grad_norm}.")
@@ -141,12 +145,6 @@ class GRPOModule(IterationModule):
         require(clip_epsilon_high is None or clip_epsilon_high > 0, f"algo.clip_epsilon_high must be > 0 or null, got {clip_epsilon_high}.")
         require(kl_coef >= 0, f"algo.kl_coef must be >= 0, got {kl_coef}.")
         require(aggregation in AGGREGATIONS, f"algo.aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}.")
-        require(advantage in ADVANTAGES, f"algo.advantage must be one of {', '.join(ADVANTAGES)}, got {advantage!r}.")
-        require(
-            (advantage == "process") == (process_reward is not None),
-            "algo.process_reward must be set exactly when algo.advantage=process "
-            f"(got advantage={advantage!r}, process_reward={process_reward!r}).",
-        )
         require(eval_problems >= 1, f"algo.eval_problems must be >= 1, got {eval_problems}.")
         require(eval_batch_size >= 1, f"algo.eval_batch_size must be >= 1, got {eval_batch_size}.")
         self.reward_fns = RewardFunctions(rewards)
@@ -155,18 +153,19 @@ class GRPOModule(IterationModule):
             accuracy_reward is None or accuracy_reward in names,
             f"algo.accuracy_reward={accuracy_reward!r} is not one of algo.rewards ({', '.join(names)}).",
         )
-        self.save_hyperparameters(ignore=["env", "model", "sft"])
+        self.save_hyperparameters(ignore=["env", "model", "advantage"])
         self.task = env
         self.model_factory = model or TinyCausalLM()
+        self.tokenizer = self.model_factory.tokenizer
         self.accuracy_reward = accuracy_reward or names[0]
         self.advantage = advantage
-        self.process_reward = resolve_callable(process_reward, "algo.process_reward") if process_reward else None
         self.prompts_per_batch = prompts_per_batch
         self.group_size = group_size
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.num_iterations = num_iterations
         self.minibatch_size = minibatch_size
+        self.micro_batch_size = micro_batch_size
         self.total_iterations = total_iterations
         self.lr = lr
         self.weight_decay = weight_decay
@@ -175,109 +174,113 @@ class GRPOModule(IterationModule):
         self.seed = seed
         self.eval_batch_size = eval_batch_size
         self.logged_samples = logged_samples
-        self.group_advantage = GroupRelativeAdvantage(std_normalize=std_normalize)
+        self.clip_epsilon = (clip_epsilon, clip_epsilon_high or clip_epsilon)
+        self.aggregation = aggregation
+        self.entropy_coeff = entropy_coeff
+        self._kl_coef = float(kl_coef)  # beta: the module owns it (AdaptiveKL protocol), checkpointed
+        self.has_reference = kl_coef > 0
 
         self.heldout = env.heldout(eval_problems, seed=seed + EVAL_SEED_OFFSET)
         env.exclude(self.heldout)
-        policy, self.tokenizer = self.model_factory.build(seed=seed)
-        self.sft_stats = sft.apply(policy, self.tokenizer, env, self.model_factory.config_key()) if sft else None
-        # the reference is the warmed-up policy, frozen (in the state dict: RefPolicySync moves it)
-        self.ref_policy = copy.deepcopy(policy).requires_grad_(False) if kl_coef > 0 else None
-        self.loss_module = MaskedGRPOLoss(
-            ResponseScorer(policy, temperature),
-            clip_epsilon=(clip_epsilon, clip_epsilon_high or clip_epsilon),
-            aggregation=AGGREGATIONS[aggregation],
-            entropy_bonus=entropy_coeff > 0,
-            entropy_coeff=entropy_coeff,
-            kl_to_ref_coeff=kl_coef,
-        )
-        sampling = dict(
-            do_sample=True,
-            temperature=temperature,
-            top_k=0,  # plain sampling from softmax(logits / T): the distribution the loss scores
-            top_p=1.0,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-            return_dict_in_generate=True,
-        )
-        self._sampling = GenerationConfig(**sampling, output_logits=True)  # training: keep logits
-        self._eval_sampling = GenerationConfig(**sampling)
-        # characters per token, to place step ends (process rewards are in characters)
-        self._token_chars = [len(self.tokenizer.decode([i], skip_special_tokens=True)) for i in range(len(self.tokenizer))]
+        # built in configure_model (so a sharded strategy can wrap them): policy, reference, loss
+        self.loss_module: MaskedGRPOLoss | None = None
+        self.ref_policy: torch.nn.Module | None = None
+        self.sft_stats: dict[str, Any] | None = None  # set by plmods.callbacks.SFTWarmup
         self.measured_kl: float | None = None  # AdaptiveKL protocol: the iteration's KL to the reference
         self._prompt_rng = random.Random(seed)
         self.last_samples: list[dict[str, Any]] = []
         self._perf: dict[str, float] = {}
 
-    # ------------------------------------------------------------------ policy and beta
+    # ------------------------------------------------------------------ policy, reference and beta
     @property
-    def policy(self) -> torch.nn.Module:
-        """The trained causal LM (RefPolicySync protocol: ``policy`` and ``ref_policy``)."""
-        return self.loss_module.actor_network.model
+    def policy_built(self) -> bool:
+        return self.loss_module is not None
+
+    def configure_model(self) -> None:
+        """Build the policy (and the reference, and the loss on them) once: Lightning calls this
+        before a checkpoint is restored, under every strategy; outside a Trainer call it yourself."""
+        if self.loss_module is not None:
+            return
+        policy = self.model_factory.build(seed=self.seed)
+        if self.has_reference:
+            if is_lora(policy):
+                add_reference_adapter(policy)  # same network, a frozen second adapter
+            else:
+                self.ref_policy = copy.deepcopy(policy).requires_grad_(False)
+        scorer = ResponseScorer(policy, self.temperature, share_prompts=not self.model_factory.gradient_checkpointing)
+        self.loss_module = MaskedGRPOLoss(
+            scorer,
+            clip_epsilon=self.clip_epsilon,
+            aggregation=AGGREGATIONS[self.aggregation],
+            entropy_bonus=self.entropy_coeff > 0,
+            entropy_coeff=self.entropy_coeff,
+            kl_to_ref_coeff=self._kl_coef,
+        )
 
     @property
-    def kl_coef(self) -> float:
-        """beta of the KL to the reference (AdaptiveKL protocol)."""
-        return float(self.loss_module.kl_to_ref_coeff or 0.0)
+    def policy(self) -> torch.nn.Module:
+        """The trained causal LM (a ``PeftModel`` with LoRA)."""
+        require(self.loss_module is not None, "the policy is built in configure_model(): call it first (a Trainer does).")
+        return self.loss_module.actor_network.model
+
+    @torch.no_grad()
+    def sync_reference(self, alpha: float) -> None:
+        """``ref <- alpha * policy + (1 - alpha) * ref`` (RefPolicySync protocol): every weight of
+        a full reference, or the reference adapter's weights with LoRA."""
+        from plmods.callbacks.ref_policy_sync import mix_into
+
+        if self.ref_policy is not None:
+            mix_into(self.ref_policy, self.policy, alpha)
+            return
+        ref, policy = adapter_tensors(self.policy)
+        if alpha == 1.0:
+            torch._foreach_copy_(ref, policy)
+        else:
+            torch._foreach_lerp_(ref, policy, alpha)
+
+    def ref_log_probs(self, batch: TensorDict) -> torch.Tensor:
+        scorer = self.loss_module.actor_network
+        with torch.no_grad():
+            if self.ref_policy is not None:
+                return ResponseScorer(self.ref_policy, self.temperature, scorer.share_prompts).log_probs(batch, self.micro_batch_size)
+            with reference_adapter(self.policy):
+                return scorer.log_probs(batch, self.micro_batch_size)
+
+    @property
+    def kl_coef(self) -> float | None:
+        """beta of the KL to the reference (AdaptiveKL protocol); None without a reference."""
+        return self._kl_coef if self.has_reference else None
 
     @kl_coef.setter
     def kl_coef(self, value: float) -> None:
-        require(self.ref_policy is not None, "the KL coefficient cannot be adapted: algo.kl_coef=0 means no reference policy.")
-        self.loss_module.kl_to_ref_coeff = float(value)
+        require(self.has_reference, "the KL coefficient cannot be adapted: algo.kl_coef=0 means no reference policy.")
+        self._kl_coef = float(value)
+        if self.loss_module is not None:
+            self.loss_module.kl_to_ref_coeff = self._kl_coef
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.policy.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        trained = [p for p in self.policy.parameters() if p.requires_grad]
+        return torch.optim.AdamW(trained, lr=self.lr, weight_decay=self.weight_decay)
 
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self._trainer is not None and self.ref_policy is None:
-            from plmods.callbacks.kl_adaptive import AdaptiveKL
-
-            require(
-                not any(isinstance(c, AdaptiveKL) for c in self.trainer.callbacks),
-                "callbacks.adaptive_kl adapts the KL to a reference policy, but algo.kl_coef=0 builds none: "
-                "set algo.kl_coef > 0 (e.g. 0.04) or drop the callback.",
-            )
         if stage == "fit" and self._trainer is not None and self.global_rank > 0:
             self._prompt_rng = random.Random(self.rank_seed())
             torch.manual_seed(self.rank_seed())
 
     # ------------------------------------------------------------------ generation
-    @torch.no_grad()
+    @property
+    def sampler(self) -> GroupSampler:
+        if getattr(self, "_sampler", None) is None or self._sampler.lm is not self.model_factory:
+            self._sampler = GroupSampler(self.model_factory, self.max_new_tokens, self.temperature)
+        return self._sampler
+
     def generate(self, prompts: list[str], repeats: int = 1, old_log_probs: bool = False) -> TensorDict:
-        """Sample ``repeats`` completions per prompt. Returns a TensorDict ``[N]`` with
-        ``input_ids``/``attention_mask`` (prompt + response), ``response_tokens``,
-        ``response_mask`` (tokens up to and including eos) and, if asked, ``old_log_probs``
-        computed from the sampler's own logits (the policy that sampled: no second forward)."""
-        prompt_ids, prompt_mask = tokenize_prompts(self.tokenizer, prompts)
-        device = self.policy.device
-        prompt_ids = prompt_ids.repeat_interleave(repeats, 0).to(device)  # [N, P]
-        prompt_mask = prompt_mask.repeat_interleave(repeats, 0).to(device)
-        out = self.policy.generate(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            generation_config=self._sampling if old_log_probs else self._eval_sampling,
-        )
-        response = out.sequences[:, prompt_ids.shape[1] :]  # [N, T]
-        is_eos = response == self.tokenizer.eos_token_id
-        response_mask = (is_eos.cumsum(-1) - is_eos.long()) == 0  # up to and including the first eos
-        response = response.masked_fill(~response_mask, self.tokenizer.pad_token_id)
-        batch = TensorDict(
-            input_ids=torch.cat([prompt_ids, response], -1),
-            attention_mask=torch.cat([prompt_mask, response_mask.long()], -1),
-            response_tokens=response,
-            response_mask=response_mask,
-            batch_size=[response.shape[0]],
-            device=device,
-        )
-        if old_log_probs:
-            logits = torch.stack(out.logits, 1).float() / self.temperature  # [N, T, V]
-            log_probs = logits.log_softmax(-1).gather(-1, response.unsqueeze(-1)).squeeze(-1)
-            batch["old_log_probs"] = log_probs.masked_fill(~response_mask, 0.0)
-        return batch
+        """Sample ``repeats`` completions per prompt (``rollout.sampler.GroupSampler``): a
+        TensorDict ``[N]`` with ids, masks and, if asked, the sampler's own ``old_log_probs``."""
+        return self.sampler.sample(self.policy, prompts, repeats, log_probs=old_log_probs)
 
     def completions(self, batch: TensorDict) -> list[str]:
-        return self.tokenizer.batch_decode(batch["response_tokens"], skip_special_tokens=True)
+        return self.sampler.decode(batch)
 
     @staticmethod
     def _fields(problems: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -298,20 +301,27 @@ class GRPOModule(IterationModule):
         texts = self.completions(batch)
         rewards, terms = self.score(repeated, texts)  # [N], on the CPU
         B, G, T = len(problems), self.group_size, batch["response_tokens"].shape[-1]
-        if self.advantage == "outcome":
-            advantage = self.group_advantage.outcome(rewards.view(B, G)).reshape(-1, 1, 1).expand(-1, T, 1)
-        else:
-            steps = self.process_reward([p["prompt"] for p in repeated], texts, **self._fields(repeated))
-            token_steps = [self._steps_to_tokens(s, row) for s, row in zip(steps, batch["response_tokens"], strict=True)]
-            grouped = [token_steps[b * G : (b + 1) * G] for b in range(B)]
-            advantage = self.group_advantage.process(grouped, T).reshape(-1, T, 1)
-        batch["advantage"] = advantage.contiguous().to(batch.device)  # [N, T, 1]
+        advantage = self.advantage(
+            rewards=rewards.view(B, G),
+            problems=repeated,
+            completions=texts,
+            response_tokens=batch["response_tokens"].cpu(),
+            response_mask=batch["response_mask"].cpu(),
+            tokenizer=self.tokenizer,
+        )
+        advantage = torch.as_tensor(advantage, dtype=torch.float32)
+        require(
+            advantage.shape in ((B, G), (B, G, T)),
+            f"algo.advantage returned shape {tuple(advantage.shape)}; expected [B, G] = {[B, G]} or [B, G, T] = {[B, G, T]}.",
+        )
+        advantage = advantage.reshape(B * G, -1).expand(-1, T) * batch["response_mask"].cpu()  # [N, T]
+        batch["advantage"] = advantage.unsqueeze(-1).contiguous().to(batch.device)  # [N, T, 1]
         batch["prompt_group"] = torch.arange(B, device=batch.device).repeat_interleave(G)  # each prompt runs once
         keep = torch.ones(B, dtype=torch.bool)
         if self.drop_uniform_groups and self.world_size == 1:
-            # all-equal groups have zero advantage; under DDP every rank must run the same number
-            # of backward passes, so they are kept there (contributing nothing but tokens)
-            keep = rewards.view(B, G).std(-1) > 0
+            # groups whose advantages are all zero (all-equal rewards) teach nothing; under DDP every
+            # rank must run the same number of backward passes, so they are kept there
+            keep = advantage.view(B, G * T).abs().amax(-1) > 0
         response_tokens = batch["response_mask"].sum().cpu()
         self.accumulate_iteration(
             {
@@ -324,48 +334,57 @@ class GRPOModule(IterationModule):
         )
         self._perf = {"perf/generate_s": generate_s, "perf/generated_tokens_per_s": float(response_tokens) / max(generate_s, 1e-9)}
         batch = batch[keep.repeat_interleave(G).to(batch.device)]  # [N_kept]
-        if self.ref_policy is not None and batch.shape[0]:
-            batch["ref_log_probs"] = ResponseScorer(self.ref_policy, self.temperature).log_probs(batch)
+        if self.has_reference and batch.shape[0]:
+            batch["ref_log_probs"] = self.ref_log_probs(batch)
         return batch
-
-    def _steps_to_tokens(self, steps: list[tuple[int, float]], tokens: torch.Tensor) -> list[tuple[int, float]]:
-        """Step ends in characters -> the index of the token that completes each step."""
-        ends, total = [], 0
-        for token in tokens.tolist():
-            total += self._token_chars[token]
-            ends.append(total)
-        return [(min(bisect.bisect_left(ends, end), len(ends) - 1), reward) for end, reward in steps]
 
     def update(self, batch: TensorDict) -> None:
         start = time.perf_counter()
         self.measured_kl = None  # no update, no measurement: AdaptiveKL then leaves beta alone
         n = batch.shape[0]
         size = self.minibatch_size or max(n, 1)
-        for _ in range(self.num_iterations if n else 0):
-            order = torch.randperm(n, device=batch.device) if size < n else torch.arange(n, device=batch.device)
-            for first in range(0, n, size):
-                minibatch = batch[order[first : first + size]]
-                # drop columns that are padding in every row of this minibatch
-                minibatch = self._trim(minibatch)
-                out = self.loss_module(minibatch)
-                loss = self.total_loss(out)
-                grad_norm = self.optimizer_step(loss, self.max_grad_norm)
-                metrics = {
-                    "loss_objective": out.loss_objective.detach().reshape(()),
-                    "clip_fraction": out.clip_fraction,
-                    "approx_kl": out.kl_approx,
-                    "ESS": out.ESS,
-                }
-                if out.kl_to_ref is not None:
-                    metrics["kl_to_ref"] = out.kl_to_ref
-                if out.entropy is not None:
-                    metrics["entropy"] = out.entropy
-                if grad_norm is not None:
-                    metrics["grad_norm"] = grad_norm
-                self.accumulate(metrics)
-        if self.ref_policy is not None and "kl_to_ref" in self._metric_sums:
+        self.policy.train()  # LoRA dropout and gradient checkpointing act in training mode only
+        try:
+            for _ in range(self.num_iterations if n else 0):
+                order = torch.randperm(n, device=batch.device) if size < n else torch.arange(n, device=batch.device)
+                for first in range(0, n, size):
+                    self._minibatch_step(batch[order[first : first + size]])
+        finally:
+            self.policy.eval()
+        if self.has_reference and "kl_to_ref" in self._metric_sums:
             self.measured_kl = float(self.sum_over_ranks(self.iteration_mean("kl_to_ref")) / self.world_size)
         self._perf["perf/update_s"] = time.perf_counter() - start
+
+    def _minibatch_step(self, minibatch: TensorDict) -> None:
+        """One optimizer step on ``minibatch``: its micro-batches' losses, each weighted by its
+        share of the minibatch (response tokens for ``token_mean``, completions for
+        ``sequence_mean``), are backpropagated one after the other, so the accumulated gradient
+        is the whole minibatch's."""
+        # rows of a prompt group adjacent, so each micro-batch runs its shared prompts once
+        minibatch = minibatch[torch.argsort(minibatch["prompt_group"], stable=True)]
+        micro_size = self.micro_batch_size or minibatch.shape[0]
+        micros = [self._trim(minibatch[i : i + micro_size]) for i in range(0, minibatch.shape[0], micro_size)]
+        per_token = self.aggregation == "token_mean"
+        total = float(minibatch["response_mask"].sum()) if per_token else float(minibatch.shape[0])
+        self.optimizers().zero_grad()
+        sums: dict[str, torch.Tensor] = {}
+        for micro in micros:
+            share = (float(micro["response_mask"].sum()) if per_token else float(micro.shape[0])) / max(total, 1.0)
+            out = self.loss_module(micro)
+            loss = self.total_loss(out) * share
+            self.backward_only(loss)
+            parts = {"loss_objective": out.loss_objective.detach().reshape(()), "clip_fraction": out.clip_fraction,
+                     "approx_kl": out.kl_approx, "ESS": out.ESS}  # fmt: skip
+            if out.kl_to_ref is not None:
+                parts["kl_to_ref"] = out.kl_to_ref
+            if out.entropy is not None:
+                parts["entropy"] = out.entropy
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + share * value.detach().float().reshape(())
+        grad_norm = self.optimizer_step(None, self.max_grad_norm)
+        if grad_norm is not None:
+            sums["grad_norm"] = grad_norm
+        self.accumulate(sums)
 
     def iteration_logs(self) -> dict[str, float | torch.Tensor]:
         return {**super().iteration_logs(), **self._perf}
@@ -485,20 +504,20 @@ class GRPOModule(IterationModule):
         return f"{self.iteration} iterations, {self.train_seconds:.1f} s, held-out accuracy {acc['before']} -> {acc['after']}"
 
     def save_policy(self, path: str) -> None:
-        """The trained policy and tokenizer as a transformers checkpoint (``model.path=`` loads it)."""
-        self.policy.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
+        """The trained policy and tokenizer: a transformers directory (``model.path=`` loads it),
+        or with LoRA a PEFT adapter directory (plus ``merged/`` with ``model.save_merged``)."""
+        self.model_factory.save(self.policy, path)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict[str, Any]:
         per_rank = self.gather_per_rank({"rng": rng_state(), "prompt_rng": self._prompt_rng.getstate()})
-        return {**super().checkpoint_state(), "per_rank": per_rank, "kl_coef": self.kl_coef, "last_samples": self.last_samples}
+        return {**super().checkpoint_state(), "per_rank": per_rank, "kl_coef": self._kl_coef, "last_samples": self.last_samples}
 
     def load_checkpoint_state(self, saved: dict[str, Any]) -> None:
         super().load_checkpoint_state(saved)
         self.last_samples = saved.get("last_samples", [])
-        if self.ref_policy is not None:
-            self.loss_module.kl_to_ref_coeff = saved["kl_coef"]  # a float attribute, not in state_dict
+        if self.has_reference:
+            self.kl_coef = saved["kl_coef"]  # a float on the module and its loss, not in state_dict
         state = self.own_rank_state(saved["per_rank"])
         if state is not None:
             self._prompt_rng.setstate(state["prompt_rng"])

@@ -27,7 +27,7 @@ from torchrl.objectives.llm import GRPOLoss
 
 from plmods.algos.kl import k3
 
-__all__ = ["ResponseScorer", "MaskedGRPOLoss", "AGGREGATIONS"]
+__all__ = ["ResponseScorer", "MaskedGRPOLoss", "AGGREGATIONS", "selective_log_softmax"]
 
 # our names -> torchrl's; torchrl calls the per-completion mean "prompt_mean"
 AGGREGATIONS = {"token_mean": "token_mean", "sequence_mean": "prompt_mean"}
@@ -48,10 +48,12 @@ class ResponseScorer(nn.Module):
     loss and its gradient equal the plain forward's (tested to 1e-5).
     """
 
-    def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
+    def __init__(self, model: nn.Module, temperature: float = 1.0, share_prompts: bool = True) -> None:
         super().__init__()
         self.model = model
         self.temperature = temperature
+        # off under gradient checkpointing: transformers then refuses the prompt's cache in training
+        self.share_prompts = share_prompts
 
     def forward(
         self,
@@ -60,7 +62,7 @@ class ResponseScorer(nn.Module):
         num_response: int,
         prompt_group: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if prompt_group is not None:
+        if prompt_group is not None and self.share_prompts:
             return self._shared_prompt_forward(input_ids, attention_mask, num_response, prompt_group)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)  # [N, P + T]
         logits = self.model(
@@ -107,12 +109,30 @@ class ResponseScorer(nn.Module):
         ).logits  # [N, T - 1, V]: predict response tokens 1..T-1
         return torch.cat([first_logits, rest], 1).float() / self.temperature
 
-    def log_probs(self, batch: TensorDictBase) -> torch.Tensor:
-        """Per-token log-probs ``[N, T]`` of ``batch["response_tokens"]`` (0 where masked)."""
-        tokens = batch["response_tokens"]
-        logits = self(batch["input_ids"], batch["attention_mask"], tokens.shape[-1], batch.get("prompt_group", None))
-        log_probs = logits.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-        return log_probs.masked_fill(~batch["response_mask"], 0.0)
+    def log_probs(self, batch: TensorDictBase, micro_batch_size: int | None = None) -> torch.Tensor:
+        """Per-token log-probs ``[N, T]`` of ``batch["response_tokens"]`` (0 where masked).
+
+        Memory-safe: rows run ``micro_batch_size`` at a time (whole prompt groups stay together
+        when rows of a group are adjacent), and only the sampled tokens' log-probs are kept
+        (``selective_log_softmax``), so at most ``micro_batch_size x T x V`` logits exist at once."""
+        n = batch.shape[0]
+        size = micro_batch_size or max(n, 1)
+        out = []
+        for first in range(0, n, size):
+            micro = batch[first : first + size]
+            tokens = micro["response_tokens"]
+            logits = self(micro["input_ids"], micro["attention_mask"], tokens.shape[-1], micro.get("prompt_group", None))
+            out.append(selective_log_softmax(logits, tokens).masked_fill(~micro["response_mask"], 0.0))
+            del logits
+        return torch.cat(out, 0) if out else batch["response_tokens"].new_zeros(0, batch["response_tokens"].shape[-1], dtype=torch.float32)
+
+
+def selective_log_softmax(logits: torch.Tensor, tokens: torch.Tensor, rows_per_chunk: int = 8) -> torch.Tensor:
+    """``log_softmax(logits)[..., tokens]`` ``[N, T]`` from logits ``[N, T, V]`` without a second
+    ``[N, T, V]`` tensor: the log-normaliser (logsumexp) is taken ``rows_per_chunk`` rows at a time."""
+    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [N, T]
+    norms = torch.cat([chunk.logsumexp(-1) for chunk in logits.split(rows_per_chunk)], 0) if logits.shape[0] else picked
+    return picked - norms
 
 
 class MaskedGRPOLoss(GRPOLoss):

@@ -135,9 +135,10 @@ class IterationModule(LightningModule):
             raise FloatingPointError(f"non-finite loss at iteration {self.iteration}: {terms}")
         return loss
 
-    def optimizer_step(self, loss: torch.Tensor, max_grad_norm: float | None) -> torch.Tensor | None:
+    def optimizer_step(self, loss: torch.Tensor | None, max_grad_norm: float | None) -> torch.Tensor | None:
         """One optimizer step on ``loss`` with optional global-norm gradient clipping; returns the
-        gradient norm before clipping when clipping (plain path), else None.
+        gradient norm before clipping when clipping (plain path), else None. ``loss=None`` steps
+        on gradients already accumulated with ``backward_only`` (after ``zero_grad``).
 
         On one device in full precision, plain ``loss.backward()`` and ``clip_grad_norm_`` do what
         ``manual_backward``/``clip_gradients`` do there, without ~0.5 ms of hook dispatch per step
@@ -146,18 +147,24 @@ class IterationModule(LightningModule):
         way, so ``global_step`` and optimizer hooks are kept.
         """
         optimizer = self.optimizers()
-        optimizer.zero_grad()
+        if loss is not None:
+            optimizer.zero_grad()
+            self.backward_only(loss)
         grad_norm = None
-        if self._plain_backward:
-            loss.backward()
-            if max_grad_norm is not None:
+        if max_grad_norm is not None:
+            if self._plain_backward:
                 grad_norm = torch.nn.utils.clip_grad_norm_(self._trained_params, max_grad_norm)
-        else:
-            self.manual_backward(loss)
-            if max_grad_norm is not None:
+            else:
                 self.clip_gradients(optimizer, max_grad_norm, "norm")
         optimizer.step()
         return grad_norm
+
+    def backward_only(self, loss: torch.Tensor) -> None:
+        """Accumulate the gradient of ``loss`` (no zeroing, no step): micro-batches."""
+        if self._plain_backward:
+            loss.backward()
+        else:
+            self.manual_backward(loss)
 
     # ------------------------------------------------------------------ metrics
     def _reset_iteration_stats(self) -> None:

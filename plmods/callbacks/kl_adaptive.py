@@ -189,6 +189,11 @@ class AdaptiveKL(Callback):
                 f"coefficient, read and assigned) and a `measured_kl` attribute (the last iteration's "
                 f"KL, or None); {type(pl_module).__name__} has no {', '.join(missing)}."
             )
+        if getattr(pl_module, "has_reference", True) is False:
+            raise ConfigError(
+                f"callbacks.adaptive_kl adapts the KL to a reference policy, but this {type(pl_module).__name__} "
+                "has none (GRPO: algo.kl_coef=0 builds none): set algo.kl_coef > 0 (e.g. 0.04) or drop the callback."
+            )
 
     # on_train_start, not on_fit_start: Lightning calls on_fit_start before it restores
     # trainer.global_step and, under strategies that restore after setup, this callback's state.

@@ -43,7 +43,9 @@ class RefPolicySync(Callback):
     """Sync ``pl_module.ref_policy`` towards ``pl_module.policy`` every ``sync_every`` optimizer steps.
 
     Works with any LightningModule exposing ``policy`` and ``ref_policy`` (two ``nn.Module`` of the
-    same structure). The state (steps at the last sync, number of syncs) is saved in checkpoints;
+    same structure), or a ``sync_reference(alpha)`` method doing the mix itself (plmods' GRPO:
+    with LoRA the reference is a second adapter on the policy's network, and only adapter weights
+    move) and a ``has_reference`` flag. The state (steps at the last sync, number of syncs) is saved in checkpoints;
     the reference's weights are part of the module's own state dict.
 
     Args:
@@ -64,9 +66,14 @@ class RefPolicySync(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if getattr(pl_module, "policy", None) is None or getattr(pl_module, "ref_policy", None) is None:
+        if hasattr(pl_module, "sync_reference"):
+            ok = getattr(pl_module, "has_reference", True)
+        else:
+            ok = getattr(pl_module, "policy", None) is not None and getattr(pl_module, "ref_policy", None) is not None
+        if not ok:
             raise ConfigError(
-                "callbacks.ref_policy_sync needs a LightningModule with `policy` and `ref_policy` modules; "
+                "callbacks.ref_policy_sync needs a LightningModule with `policy` and `ref_policy` modules "
+                "(or `sync_reference` and `has_reference`); "
                 f"{type(pl_module).__name__} has none (for GRPO, a reference exists only when algo.kl_coef > 0)."
             )
 
@@ -80,7 +87,10 @@ class RefPolicySync(Callback):
     ) -> None:
         step = trainer.global_step
         if self.should_sync(step):
-            mix_into(pl_module.ref_policy, pl_module.policy, self.alpha)
+            if hasattr(pl_module, "sync_reference"):
+                pl_module.sync_reference(self.alpha)
+            else:
+                mix_into(pl_module.ref_policy, pl_module.policy, self.alpha)
             self.last_sync_step = step
             self.num_syncs += 1
             pl_module.log("train/ref_syncs", float(self.num_syncs), batch_size=1)

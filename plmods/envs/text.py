@@ -47,6 +47,22 @@ class TextTask:
         """Never draw these problems for training (the held-out set)."""
         self._excluded = {p["prompt"] for p in problems}
 
+    @property
+    def excluded(self) -> frozenset[str]:
+        """Prompts never drawn for training (the held-out set)."""
+        return frozenset(getattr(self, "_excluded", ()))
+
+    def demonstrations(self, n: int, rng: random.Random) -> list[tuple[str, str]]:
+        """Up to ``n`` ``(prompt, completion)`` pairs of training problems with a correct
+        completion (problems without a demonstration, e.g. unsolvable Countdowns, are skipped):
+        what a supervised warm-up trains on."""
+        pairs = [(p["prompt"], self.demonstration(p)) for p in self.sample(n, rng)]
+        return [(q, a) for q, a in pairs if a]
+
+    def settings(self) -> dict[str, Any]:
+        """The task's public settings (what identifies its problems)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
     def sample(self, n: int, rng: random.Random) -> list[dict[str, Any]]:
         """``n`` training problems (held-out prompts are redrawn)."""
         excluded = getattr(self, "_excluded", set())

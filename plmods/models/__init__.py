@@ -1,17 +1,20 @@
 from plmods.models.control import MLPActorCritic
 
+_LAZY = {
+    # the language models need the `llm` extra (transformers): imported on first use only
+    "TinyCausalLM": "plmods.models.lm",
+    "char_tokenizer": "plmods.models.lm",
+    "HFCausalLM": "plmods.models.hf",
+    "SmolLM2": "plmods.models.smollm2",
+}
+
 
 def __getattr__(name: str):
-    # the language models need the `llm` extra (transformers): imported on first use only
-    if name in ("TinyCausalLM", "char_tokenizer"):
-        from plmods.models import lm
+    if name in _LAZY:
+        import importlib
 
-        return getattr(lm, name)
-    if name == "SFTWarmup":
-        from plmods.models.sft import SFTWarmup
-
-        return SFTWarmup
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(name)
 
 
-__all__ = ["MLPActorCritic", "SFTWarmup", "TinyCausalLM", "char_tokenizer"]
+__all__ = ["MLPActorCritic", "HFCausalLM", "SmolLM2", "TinyCausalLM", "char_tokenizer"]

@@ -9,19 +9,20 @@ checkpoint (model and tokenizer directory, e.g. one written by the SFT warm-up) 
 from __future__ import annotations
 
 import string
-from pathlib import Path
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
 
-from plmods.errors import ConfigError, require
+from plmods.errors import require
+from plmods.models.hf import DTYPES, HFCausalLM
 
 __all__ = ["TinyCausalLM", "char_tokenizer", "CHAT_TEMPLATE"]
 
@@ -32,7 +33,8 @@ USER, ASSISTANT = "<user>", "<assistant>"
 # emit). Kept minimal: every template token is a token the tiny model reads on every sample.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}{{ '<user>' + message['content'] }}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}"
+    "{% elif message['role'] == 'user' %}{{ '<user>' + message['content'] }}"
     "{% elif message['role'] == 'assistant' %}{{ '<assistant>' + message['content'] + '<eos>' }}"
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<assistant>' }}{% endif %}"
@@ -66,8 +68,8 @@ def char_tokenizer(alphabet: str = string.printable) -> PreTrainedTokenizerFast:
     return tok
 
 
-class TinyCausalLM:
-    """Factory of ``(model, tokenizer)``: a small Llama built from this config, or a local path.
+class TinyCausalLM(HFCausalLM):
+    """A small Llama built from this config with the character tokenizer, or a local path.
 
     Args:
         path: a local directory with a saved transformers model and tokenizer; when set, the
@@ -77,7 +79,8 @@ class TinyCausalLM:
         num_heads: attention heads (``hidden_size`` must be a multiple).
         intermediate_size: MLP width of each block.
         max_position_embeddings: longest prompt + completion, in tokens.
-        dtype: parameter dtype (``float32`` on CPU).
+        dtype, chat_template, system_prompt, gradient_checkpointing, attn_implementation, lora,
+            save_merged: as ``HFCausalLM``.
     """
 
     def __init__(
@@ -89,44 +92,40 @@ class TinyCausalLM:
         intermediate_size: int = 384,
         max_position_embeddings: int = 128,
         dtype: str = "float32",
+        chat_template: bool = True,
+        system_prompt: str | None = None,
+        gradient_checkpointing: bool = False,
+        attn_implementation: str | None = None,
+        lora: Mapping[str, Any] | None = None,
+        save_merged: bool = False,
     ) -> None:
         require(
-            path is None or Path(path).is_dir(),
-            f"model.path={path!r} is not a local directory. Point it at a saved transformers "
-            "checkpoint (save_pretrained output), or leave it null to build the tiny model.",
-        )
-        require(
             hidden_size % num_heads == 0,
-            f"model.hidden_size={hidden_size} must be a multiple of model.num_heads={num_heads}.",
+            f"hidden_size={hidden_size} must be a multiple of num_heads={num_heads}.",
         )
-        require(dtype in ("float32", "bfloat16", "float16"), f"model.dtype must be float32, bfloat16 or float16, got {dtype!r}.")
-        self.path = path
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.num_heads = num_heads
         self.intermediate_size = intermediate_size
         self.max_position_embeddings = max_position_embeddings
-        self.dtype = dtype
+        super().__init__(
+            path,
+            dtype=dtype,
+            chat_template=chat_template,
+            system_prompt=system_prompt,
+            gradient_checkpointing=gradient_checkpointing,
+            attn_implementation=attn_implementation,
+            lora=lora,
+            save_merged=save_merged,
+        )
 
-    def config_key(self) -> dict:
-        """What identifies the initial weights (used to key cached SFT warm-ups)."""
-        return dict(vars(self))
+    def _load_tokenizer(self) -> PreTrainedTokenizerBase:
+        return char_tokenizer() if self.path is None else super()._load_tokenizer()
 
-    def build(self, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-        """The model (in eval mode: no dropout, so sampling and scoring agree) and its tokenizer."""
+    def _load_model(self, seed: int) -> PreTrainedModel:
         if self.path is not None:
-            tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(
-                self.path, local_files_only=True, dtype=getattr(torch, self.dtype)
-            )
-            if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-                raise ConfigError(
-                    f"model.path={self.path!r}: the tokenizer's pad token must exist and differ "
-                    "from eos (padding would otherwise erase real end-of-answer tokens)."
-                )
-            tokenizer.padding_side = "left"
-            return model.eval(), tokenizer
-        tokenizer = char_tokenizer()
+            return super()._load_model(seed)
+        tokenizer = self.tokenizer
         config = LlamaConfig(
             vocab_size=len(tokenizer),
             hidden_size=self.hidden_size,
@@ -139,10 +138,8 @@ class TinyCausalLM:
             eos_token_id=tokenizer.eos_token_id,
             bos_token_id=tokenizer.bos_token_id,
             tie_word_embeddings=True,
+            **({} if self.attn_implementation is None else {"attn_implementation": self.attn_implementation}),
         )
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            model = LlamaForCausalLM(config).to(getattr(torch, self.dtype))
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        return model.eval(), tokenizer
+            return LlamaForCausalLM(config).to(DTYPES[self.dtype])

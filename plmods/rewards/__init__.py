@@ -10,12 +10,16 @@ from plmods.rewards.math import (
     countdown_steps,
     exact_match,
     integer_format,
+    last_number,
 )
+from plmods.rewards.verify import math_answer
 
 __all__ = [
     "RewardFunctions",
     "resolve_callable",
     "exact_match",
+    "last_number",
+    "math_answer",
     "integer_format",
     "countdown_answer",
     "countdown_steps",

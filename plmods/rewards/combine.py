@@ -10,7 +10,13 @@ from hydra.utils import get_method
 
 from plmods.errors import ConfigError
 
-__all__ = ["RewardFunctions", "resolve_callable"]
+__all__ = ["RewardFunctions", "RewardError", "resolve_callable"]
+
+
+class RewardError(ConfigError):
+    """A reward function returned something that is not one finite float per completion. Raised
+    before any update of the round, so the last checkpoint is the last good state; ``train.py``
+    prints it as one line and exits with 2 (the function is part of the run's settings)."""
 
 
 def resolve_callable(path: str | Callable, setting: str) -> Callable:
@@ -60,9 +66,27 @@ class RewardFunctions:
         terms = {}
         total = torch.zeros(len(completions))
         for name, fn, weight in self.terms:
-            values = torch.as_tensor(fn(list(prompts), list(completions), **fields), dtype=torch.float32)
-            if values.shape != total.shape:
-                raise ValueError(f"reward {name!r} returned {tuple(values.shape)} values for {len(completions)} completions.")
+            values = _checked(fn(list(prompts), list(completions), **fields), name, fn, len(completions))
             terms[name] = values
             total += weight * values
         return total, terms
+
+
+def _checked(values: Any, name: str, fn: Callable, n: int) -> torch.Tensor:
+    """The values of one reward term as a float tensor ``[n]``, or a ``RewardError`` naming the
+    function: a NaN or None reward would otherwise flow into advantages and summary.json."""
+    label = f"reward function algo.rewards.{name} ({getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)})"
+    try:
+        count = len(values)
+    except TypeError:
+        raise RewardError(f"{label} returned {type(values).__name__}, not one float per completion.") from None
+    if count != n:
+        raise RewardError(f"{label} returned {count} values for {n} completions; it must return one per completion.")
+    bad = next(((i, v) for i, v in enumerate(values) if not isinstance(v, (int, float)) and not torch.is_tensor(v)), None)
+    if bad is not None:
+        raise RewardError(f"{label} returned {bad[1]!r} for completion {bad[0]}; rewards must be finite floats.")
+    tensor = torch.as_tensor([float(v) for v in values], dtype=torch.float32)
+    if not torch.isfinite(tensor).all():
+        i = int((~torch.isfinite(tensor)).nonzero()[0])
+        raise RewardError(f"{label} returned {float(tensor[i])} for completion {i}; rewards must be finite floats.")
+    return tensor

@@ -12,15 +12,29 @@ import re
 from collections import Counter
 from typing import Any
 
-__all__ = ["exact_match", "integer_format", "countdown_answer", "countdown_steps", "countdown_trace"]
+__all__ = ["exact_match", "last_number", "integer_format", "countdown_answer", "countdown_steps", "countdown_trace"]
 
 _INTEGER = re.compile(r"-?\d+")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _STEP = re.compile(r"^(\d+)([+\-*])(\d+)=(-?\d+)$")
 
 
 def exact_match(prompts: list[str], completions: list[str], answer: list[str], **_: Any) -> list[float]:
     """1.0 when the completion, stripped of surrounding whitespace, is exactly the answer."""
     return [float(c.strip() == a.strip()) for c, a in zip(completions, answer, strict=True)]
+
+
+def last_number(prompts: list[str], completions: list[str], answer: list[str], **_: Any) -> list[float]:
+    """1.0 when the last number in the completion equals the answer numerically (``"so 3+4 = 7."``
+    scores 1 for answer 7; thousands separators are ignored: ``1,234`` is 1234)."""
+    out = []
+    for completion, gold in zip(completions, answer, strict=True):
+        numbers = _NUMBER.findall(completion)
+        try:
+            out.append(float(bool(numbers) and float(numbers[-1].replace(",", "")) == float(str(gold).replace(",", ""))))
+        except ValueError:  # e.g. a lone "," match
+            out.append(0.0)
+    return out
 
 
 def integer_format(prompts: list[str], completions: list[str], **_: Any) -> list[float]:

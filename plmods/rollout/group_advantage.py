@@ -11,13 +11,21 @@ Process supervision, rewards for the steps of each completion (step j ends at to
 
 Written here because torchrl's ``MCAdvantage`` is a replay-buffer transform that waits for
 complete groups of trajectories one at a time; GRPO here scores a whole generation round at once.
+
+**The advantage is its own object**, as in torchrl: ``GRPOModule(advantage=...)`` takes any
+callable with keyword arguments ``rewards`` ``[B, G]`` (the summed outcome rewards), ``problems``
+(``B * G`` problem dicts, a group's rows adjacent), ``completions`` (their texts),
+``response_tokens`` ``[N, T]``, ``response_mask`` and ``tokenizer``, returning ``[B, G]`` (one
+advantage per completion) or ``[B, G, T]`` (per token). ``GroupRelativeAdvantage`` is the outcome
+form, ``ProcessAdvantage`` the process form. A group whose values are all equal (max - min == 0,
+exact for floats too) gets advantage exactly 0.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["GroupRelativeAdvantage"]
+__all__ = ["GroupRelativeAdvantage", "ProcessAdvantage"]
 
 
 class GroupRelativeAdvantage:
@@ -40,11 +48,17 @@ class GroupRelativeAdvantage:
         centred = values - mean
         return centred / (std + self.eps) if self.std_normalize else centred
 
+    def __call__(self, *, rewards: torch.Tensor, **context) -> torch.Tensor:
+        """Outcome advantages ``[B, G]`` from the outcome rewards ``[B, G]``."""
+        return self.outcome(rewards)
+
     def outcome(self, rewards: torch.Tensor) -> torch.Tensor:
         """``rewards [B, G]`` -> advantages ``[B, G]``, one per completion."""
         mean = rewards.mean(-1, keepdim=True)  # [B, 1]
         std = rewards.std(-1, keepdim=True, unbiased=self.unbiased_std)  # [B, 1]
-        return self._normalize(rewards, mean, std)
+        uniform = (rewards.amax(-1, keepdim=True) - rewards.amin(-1, keepdim=True)) == 0
+        # all-equal rewards: exactly 0 (the float mean of [0.1] * G need not equal 0.1)
+        return self._normalize(rewards, mean, std).masked_fill(uniform, 0.0)
 
     def process(
         self, step_rewards: list[list[list[tuple[int, float]]]], num_tokens: int
@@ -61,6 +75,8 @@ class GroupRelativeAdvantage:
             flat = torch.tensor([r for steps in group for _, r in steps], dtype=torch.float32)
             if flat.numel() == 0:
                 continue
+            if flat.max() == flat.min():
+                continue  # all steps of the group score the same: zero advantage, exactly
             mean = flat.mean()
             std = flat.std(unbiased=self.unbiased_std) if flat.numel() > 1 else torch.zeros(())
             for g, steps in enumerate(group):
@@ -69,3 +85,33 @@ class GroupRelativeAdvantage:
                     # every token t <= ind receives this step's normalised reward
                     advantages[b, g, : min(ind, num_tokens - 1) + 1] += normalized
         return advantages
+
+
+class ProcessAdvantage(GroupRelativeAdvantage):
+    """Process-supervised advantages ``[B, G, T]`` from a step-reward function.
+
+    Args:
+        step_rewards: dotted path or callable ``(prompts, completions, **fields) -> per completion
+            a list of (end_char, reward)`` (e.g. ``plmods.rewards.countdown_steps``). Step ends in
+            characters are mapped to tokens with the tokenizer's offsets (``token_offsets``).
+        eps, std_normalize, unbiased_std: as ``GroupRelativeAdvantage``.
+    """
+
+    def __init__(self, step_rewards, eps: float = 1e-4, std_normalize: bool = True, unbiased_std: bool = True) -> None:
+        from plmods.rewards.combine import resolve_callable
+
+        super().__init__(eps=eps, std_normalize=std_normalize, unbiased_std=unbiased_std)
+        self.step_rewards = resolve_callable(step_rewards, "step_rewards")
+
+    def __call__(self, *, rewards, problems, completions, response_tokens, response_mask, tokenizer, **context) -> torch.Tensor:
+        from plmods.rollout.token_offsets import steps_to_tokens, token_char_ends
+
+        B, G = rewards.shape
+        T = response_tokens.shape[-1]
+        fields = {key: [p[key] for p in problems] for key in problems[0] if key != "prompt"}
+        steps = self.step_rewards([p["prompt"] for p in problems], list(completions), **fields)
+        token_steps = [
+            steps_to_tokens(s, token_char_ends(tokenizer, row[mask].tolist()))
+            for s, row, mask in zip(steps, response_tokens, response_mask, strict=True)
+        ]
+        return self.process([token_steps[b * G : (b + 1) * G] for b in range(B)], T)

@@ -19,7 +19,7 @@ def _options(group: str) -> list[str]:
 
 def _lm_fast(experiment: str) -> tuple[str, ...]:
     # language presets: a tiny LM and a short SFT so that building the module stays cheap
-    return ("debug=fast_lm", "algo.sft.cache_dir=null") if experiment.startswith("grpo") else ()
+    return ("debug=fast_lm", "++callbacks.sft_warmup.cache_dir=null") if experiment.startswith("grpo") else ()
 
 
 @pytest.mark.parametrize("experiment", _options("experiment"))

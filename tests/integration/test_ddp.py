@@ -41,7 +41,7 @@ def test_ddp_two_ranks_collect_separately_and_resume(run_train, tmp_path):
 def test_grpo_ddp_ranks_draw_their_own_prompts(run_train, tmp_path):
     run = run_train(
         "experiment=grpo_addition", "debug=fast_lm", "trainer=ddp_sim", "logger=none",
-        "+algo.rewards.length=tests.rewards_for_tests.length_reward", f"algo.sft.cache_dir={tmp_path / 'sft'}",
+        "+algo.rewards.length=tests.rewards_for_tests.length_reward", f"callbacks.sft_warmup.cache_dir={tmp_path / 'sft'}",
     )  # fmt: skip
     assert run.summary["iterations"] == 4
     ckpt = torch.load(run.run_dir / "checkpoints" / "last.ckpt", weights_only=False)

@@ -21,7 +21,7 @@ def _column(rows, key) -> list[float]:
 
 @pytest.fixture
 def cache(tmp_path):
-    return f"algo.sft.cache_dir={tmp_path / 'sft'}"
+    return f"callbacks.sft_warmup.cache_dir={tmp_path / 'sft'}"
 
 
 def test_grpo_addition_preset_smoke(run_train, cache):
@@ -69,7 +69,7 @@ def test_countdown_with_process_supervision_logs_sample_tables_to_wandb(run_trai
         "experiment=grpo_countdown", *LM_FAST, cache, "logger=wandb",
     )  # fmt: skip
     assert run.summary["env"] == "countdown" and run.summary["iterations"] == 4
-    assert run.summary["config"]["algo"]["advantage"] == "process"
+    assert run.summary["config"]["algo"]["advantage"]["_target_"] == "plmods.rollout.ProcessAdvantage"
     # one table of sample completions per evaluation: before, iterations 2 and 4 (offline run)
     tables = sorted(run.run_dir.glob("wandb/offline-run-*/files/media/table/val/samples_*.table.json"))
     assert len(tables) == 3
@@ -107,7 +107,7 @@ def test_grpo_resume_is_exact(run_train, tmp_path, cache):
     ],
 )
 def test_bad_grpo_settings_exit_before_training(run_train, overrides, message):
-    run = run_train(*overrides, "algo.sft.cache_dir=null", expect_ok=False)
+    run = run_train(*overrides, "++callbacks.sft_warmup.cache_dir=null", expect_ok=False)
     assert run.proc.returncode == 2, run.output[-2000:]
     assert message in run.output
     assert not (run.run_dir / "summary.json").exists()

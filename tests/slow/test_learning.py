@@ -55,7 +55,7 @@ def test_grpo_raises_heldout_addition_accuracy(run_train, seed, tmp_path):
     """``experiment=grpo_addition``: after the SFT warm-up, 60 GRPO iterations raise the held-out
     accuracy of sampled answers (200 problems never drawn for training) well above the warm-up's."""
     run = run_train(
-        "experiment=grpo_addition", "logger=csv", f"seed={seed}", f"algo.sft.cache_dir={tmp_path / 'sft'}", timeout=900
+        "experiment=grpo_addition", "logger=csv", f"seed={seed}", f"callbacks.sft_warmup.cache_dir={tmp_path / 'sft'}", timeout=900
     )
     s = run.summary
     before, after = s["val/accuracy"]["before"], s["val/accuracy"]["after"]

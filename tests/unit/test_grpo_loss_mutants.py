@@ -87,7 +87,7 @@ class Spy(nn.Module):
 
 
 def _llama():
-    model, _ = TinyCausalLM(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32).build(seed=0)
+    model = TinyCausalLM(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32).build(seed=0)
     return model
 
 

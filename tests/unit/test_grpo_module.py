@@ -1,6 +1,7 @@
 """GRPOModule pieces on a very small LM: sampling log-probs, masks, one real update."""
 
 import random
+import re
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ from plmods.algos.grpo import GRPOModule
 from plmods.envs.text import AdditionTask, CountdownTask, solve_countdown
 from plmods.errors import ConfigError
 from plmods.models.lm import TinyCausalLM
+from plmods.rollout.group_advantage import ProcessAdvantage
+from plmods.rollout.token_offsets import steps_to_tokens, token_char_ends
 
 SMALL = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 
@@ -20,7 +23,6 @@ def _module(**kwargs) -> GRPOModule:
         env=AdditionTask(),
         model=TinyCausalLM(**SMALL),
         rewards={"length": length_reward},
-        sft=None,
         prompts_per_batch=4,
         group_size=4,
         eval_problems=8,
@@ -29,7 +31,9 @@ def _module(**kwargs) -> GRPOModule:
         lr=1e-3,
     )
     defaults.update(kwargs)
-    return GRPOModule(**defaults)
+    module = GRPOModule(**defaults)
+    module.configure_model()  # a Trainer calls it; these tests also use the module without one
+    return module
 
 
 def _fit(module: GRPOModule) -> Trainer:
@@ -96,7 +100,7 @@ def test_uniform_groups_are_dropped():
 def test_process_advantages_follow_step_ends():
     module = _module(
         env=CountdownTask(), rewards={"correct": "plmods.rewards.countdown_answer"},
-        advantage="process", process_reward="plmods.rewards.countdown_steps", drop_uniform_groups=False,
+        advantage=ProcessAdvantage(step_rewards="plmods.rewards.countdown_steps"), drop_uniform_groups=False,
     )  # fmt: skip
     batch = module.make_batch()
     adv = batch["advantage"].squeeze(-1)  # [N, T]
@@ -107,8 +111,10 @@ def test_process_advantages_follow_step_ends():
 
 def test_steps_map_characters_to_tokens():
     module = _module()
-    tokens = torch.tensor(module.tokenizer("7*3=21\n21+5=26", add_special_tokens=False)["input_ids"])
-    assert module._steps_to_tokens([(6, 1.0), (14, 2.0)], tokens) == [(5, 1.0), (13, 2.0)]
+    tokens = module.tokenizer("7*3=21\n21+5=26", add_special_tokens=False)["input_ids"] + [module.tokenizer.eos_token_id]
+    ends = token_char_ends(module.tokenizer, tokens)
+    assert ends == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 14]  # eos adds no text
+    assert steps_to_tokens([(6, 1.0), (14, 2.0)], ends) == [(5, 1.0), (13, 2.0)]
 
 
 def test_evaluation_is_reproducible_and_leaves_the_rng_alone():
@@ -149,14 +155,14 @@ def test_countdown_demonstrations_solve_the_problems():
     [
         (dict(group_size=1), "algo.group_size must be >= 2"),
         (dict(aggregation="sum"), "algo.aggregation must be one of token_mean, sequence_mean"),
-        (dict(advantage="process"), "algo.process_reward must be set exactly when algo.advantage=process"),
+        (dict(advantage="process"), "algo.advantage must be an advantage object (callable), got str"),
         (dict(accuracy_reward="nope"), "algo.accuracy_reward='nope' is not one of algo.rewards"),
         (dict(clip_epsilon=1.5), "algo.clip_epsilon must be in"),
         (dict(kl_coef=-1.0), "algo.kl_coef must be >= 0"),
     ],
 )
 def test_bad_settings_name_the_setting(kwargs, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         _module(**kwargs)
 
 
@@ -191,5 +197,5 @@ def test_adaptive_kl_without_a_reference_is_rejected_before_training():
 
     module = _module(kl_coef=0.0)
     trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, callbacks=[AdaptiveKL()])
-    with pytest.raises(ConfigError, match="algo.kl_coef=0 builds none"):
+    with pytest.raises(ConfigError, match=r"algo.kl_coef=0 builds none\): set algo.kl_coef > 0"):
         trainer.fit(module)

@@ -25,8 +25,16 @@ def test_public_api_imports():
 
 def test_language_api_imports():
     from plmods.algos import GRPOModule, IterationModule  # noqa: F401
-    from plmods.callbacks import RefPolicySync, mix_into  # noqa: F401
+    from plmods.callbacks import RefPolicySync, SFTWarmup, mix_into  # noqa: F401
     from plmods.envs import AdditionTask, CountdownTask, TextTask  # noqa: F401
-    from plmods.models import SFTWarmup, TinyCausalLM, char_tokenizer  # noqa: F401
-    from plmods.rewards import RewardFunctions, countdown_answer, countdown_steps, exact_match  # noqa: F401
-    from plmods.rollout.group_advantage import GroupRelativeAdvantage  # noqa: F401
+    from plmods.models import HFCausalLM, SmolLM2, TinyCausalLM, char_tokenizer  # noqa: F401
+    from plmods.rewards import (  # noqa: F401
+        RewardFunctions,
+        countdown_answer,
+        countdown_steps,
+        exact_match,
+        last_number,
+        math_answer,
+    )
+    from plmods.rollout import GroupRelativeAdvantage, ProcessAdvantage  # noqa: F401
+    from plmods.rollout.sampler import GroupSampler  # noqa: F401

@@ -199,3 +199,80 @@ def test_adaptive_kl_without_a_reference_is_rejected_before_training():
     trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, callbacks=[AdaptiveKL()])
     with pytest.raises(ConfigError, match=r"algo.kl_coef=0 builds none\): set algo.kl_coef > 0"):
         trainer.fit(module)
+
+
+def test_groups_with_equal_float_rewards_are_dropped():
+    """All rewards 0.1: a std > 0 test on floats kept them (the float mean need not be 0.1)."""
+    module = _module(rewards={"tenth": lambda prompts, completions, **_: [0.1] * len(completions)})
+    assert module.make_batch().shape[0] == 0
+
+
+def test_groups_are_kept_when_their_process_advantages_are_not_zero():
+    """Outcome rewards all equal, step rewards differing: the advantages used are non-zero, so
+    the group trains (the old rule looked at the outcome std and dropped it)."""
+
+    def steps(prompts, completions, **_):
+        return [[(1, float(i % 2))] for i in range(len(completions))]
+
+    module = _module(
+        rewards={"zero": lambda prompts, completions, **_: [0.0] * len(completions)},
+        advantage=ProcessAdvantage(step_rewards=steps),
+    )
+    batch = module.make_batch()
+    assert batch.shape[0] == 16 and batch["advantage"].abs().sum() > 0
+
+
+def test_a_custom_advantage_callable_is_used_and_its_shape_checked():
+    seen = {}
+
+    def constant(*, rewards, **context):
+        seen.update(context, rewards=rewards)
+        return torch.ones_like(rewards) * 2.0
+
+    batch = _module(advantage=constant).make_batch()
+    assert set(seen) >= {"rewards", "problems", "completions", "response_tokens", "response_mask", "tokenizer"}
+    assert torch.equal(batch["advantage"].squeeze(-1), 2.0 * batch["response_mask"].float())
+    with pytest.raises(ConfigError, match=r"algo.advantage returned shape \(3,\)"):
+        _module(advantage=lambda **_: torch.zeros(3)).make_batch()
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ([float("nan")] * 16, "returned nan for completion 0; rewards must be finite floats"),
+        ([1.0] * 15 + [float("inf")], "returned inf for completion 15"),
+        ([None] * 16, "returned None for completion 0"),
+        ([1.0] * 3, "returned 3 values for 16 completions"),
+        (1.0, "returned float, not one float per completion"),
+    ],
+)
+def test_a_bad_reward_stops_the_round_naming_the_function(values, message):
+    def broken(prompts, completions, **_):
+        return values
+
+    module = _module(rewards={"broken": broken})
+    with pytest.raises(ConfigError, match=re.escape("reward function algo.rewards.broken (")) as info:
+        module.make_batch()
+    assert message in str(info.value) and "broken" in str(info.value)
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean"])
+def test_micro_batches_accumulate_the_same_gradient_as_one_batch(aggregation):
+    grads = []
+    for micro in (None, 3):
+        module = _module(micro_batch_size=micro, aggregation=aggregation, kl_coef=0.1, num_iterations=1)
+        torch.manual_seed(0)
+        batch = module.make_batch()
+        captured = {}
+
+        def capture(loss, max_grad_norm, module=module, captured=captured):
+            if loss is not None:
+                module.backward_only(loss)
+            captured["grad"] = torch.cat([p.grad.flatten() for p in module.policy.parameters()])
+
+        module._plain_backward = True
+        module.optimizers = lambda module=module: module.configure_optimizers()
+        module.optimizer_step = capture
+        module.update(batch)
+        grads.append(captured["grad"])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)

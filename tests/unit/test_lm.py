@@ -121,8 +121,9 @@ def test_sft_labels_cover_the_answer_and_eos_only():
     pairs = [(p["prompt"], p["answer"]) for p in problems]
     batch = demonstration_batch(lm, pairs)
     tok = lm.tokenizer
-    for row, labels, (prompt, answer) in zip(batch["input_ids"], batch["labels"], pairs, strict=True):
+    for row, labels, mask, (prompt, answer) in zip(batch["input_ids"], batch["labels"], batch["attention_mask"], pairs, strict=True):
         assert tok.decode(row[labels != -100]) == answer + "<eos>"
+        assert tok.decode(row[(labels == -100) & mask.bool()]) == lm.format_prompt(prompt)
     assert batch["position_ids"][batch["attention_mask"].bool()].min() == 0
 
 

@@ -32,19 +32,17 @@ RESULTS = ROOT / "bench" / "results"
 
 def sft_model_dir(seed: int = 0) -> str:
     """The SFT-warmed tiny model both variants start from (the grpo_addition preset's warm-up)."""
+    from plmods.algos.grpo import EVAL_SEED_OFFSET
+    from plmods.callbacks import SFTWarmup
     from plmods.envs.text import AdditionTask
     from plmods.models.lm import TinyCausalLM
-    from plmods.models.sft import SFTWarmup
     from plmods.utils import configure_torch
 
     configure_torch(1)
-    task, factory = AdditionTask(), TinyCausalLM()
-    from plmods.algos.grpo import EVAL_SEED_OFFSET
-
+    task = AdditionTask()
     task.exclude(task.heldout(200, seed=seed + EVAL_SEED_OFFSET))
-    model, tokenizer = factory.build(seed=seed)
     sft = SFTWarmup(steps=600, batch_size=64, lr=1e-3, seed=seed, cache_dir="~/.cache/plmods/sft")
-    return sft.apply(model, tokenizer, task, factory.config_key())["cached"]
+    return sft.warm_up(TinyCausalLM(), task, seed).path
 
 
 def run_plmods(
@@ -62,7 +60,7 @@ def run_plmods(
     quiet_known_warnings()
     L.seed_everything(seed, verbose=False)
     module = GRPOModule(
-        env=AdditionTask(), model=TinyCausalLM(path=model_dir), sft=None, prompts_per_batch=16, group_size=8,
+        env=AdditionTask(), model=TinyCausalLM(path=model_dir), prompts_per_batch=16, group_size=8,
         num_iterations=2, max_new_tokens=8, total_iterations=iterations, lr=lr, seed=seed,
         drop_uniform_groups=drop_uniform_groups, kl_coef=beta,
     )  # fmt: skip

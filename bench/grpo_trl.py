@@ -96,10 +96,9 @@ def default_model_dir() -> str:
         return str(dirs[-1])
     from plmods.models.lm import TinyCausalLM
 
-    model, tokenizer = TinyCausalLM().build(seed=0)
+    lm = TinyCausalLM()
     out = tempfile.mkdtemp(prefix="grpo_trl_fresh_")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    lm.save(lm.build(seed=0), out)
     return out
 
 
@@ -128,7 +127,8 @@ def run_trl(
     from plmods.models.lm import TinyCausalLM
     from plmods.rewards.math import exact_match
 
-    model, tokenizer = TinyCausalLM(path=model_dir).build()
+    lm = TinyCausalLM(path=model_dir)
+    model, tokenizer = lm.build(), lm.tokenizer
     task = AdditionTask(digits=2)
     heldout = task.heldout(eval_problems, seed=seed + EVAL_SEED_OFFSET)
     task.exclude(heldout)

@@ -91,7 +91,7 @@ class ResponseScorer(nn.Module):
             input_ids=input_ids[first, :P],
             attention_mask=prompt_mask,
             position_ids=(prompt_mask.cumsum(-1) - 1).clamp_min(0),
-            past_key_values=cache,
+            **{self._cache_argument(): cache},
             use_cache=True,
             logits_to_keep=1,
         )
@@ -104,10 +104,23 @@ class ResponseScorer(nn.Module):
             input_ids=input_ids[:, P : P + T - 1],
             attention_mask=attention_mask[:, : P + T - 1],
             position_ids=start + torch.arange(T - 1, device=input_ids.device),
-            past_key_values=cache,
+            **{self._cache_argument(): cache},
             use_cache=True,
         ).logits  # [N, T - 1, V]: predict response tokens 1..T-1
         return torch.cat([first_logits, rest], 1).float() / self.temperature
+
+    def _cache_argument(self) -> str:
+        """transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns until
+        5.40): the name the wrapped transformers model takes (the outermost ``PreTrainedModel``
+        inside ``model``: a PEFT or other wrapper passes keyword arguments through)."""
+        if not hasattr(self, "_cache_name"):
+            import inspect
+
+            from transformers import PreTrainedModel
+
+            hf = next((m for m in self.model.modules() if isinstance(m, PreTrainedModel)), self.model)
+            self._cache_name = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+        return self._cache_name
 
     def log_probs(self, batch: TensorDictBase, micro_batch_size: int | None = None) -> torch.Tensor:
         """Per-token log-probs ``[N, T]`` of ``batch["response_tokens"]`` (0 where masked).

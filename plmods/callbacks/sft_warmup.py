@@ -103,6 +103,18 @@ class SFTWarmup(Callback):
         if hasattr(pl_module, "sft_stats"):
             pl_module.sft_stats = self.stats
 
+    def warm_up(self, lm, task, seed: int = 0, root: str | Path | None = None):
+        """The same stage without a Trainer (one process): returns ``lm`` pointed at the
+        warmed-up directory (trained, or found in the cache); ``self.stats`` says which."""
+        if self.steps == 0:
+            return lm
+        target = Path(root or self.cache_dir or tempfile.mkdtemp(prefix="plmods-sft-")) / self.key(lm, task, seed)
+        if (target / "config.json").is_file():
+            self.stats = {"steps": self.steps, "cached": str(target)}
+        else:
+            self.stats = self._train_and_save(lm, task, seed, target)
+        return lm.with_path(str(target))
+
     def _train_and_save(self, lm, task, seed: int, target: Path) -> dict[str, Any]:
         from plmods.models.sft import train_sft
 

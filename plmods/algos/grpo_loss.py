@@ -110,16 +110,10 @@ class ResponseScorer(nn.Module):
         return torch.cat([first_logits, rest], 1).float() / self.temperature
 
     def _cache_argument(self) -> str:
-        """transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns until
-        5.40): the name the wrapped transformers model takes (the outermost ``PreTrainedModel``
-        inside ``model``: a PEFT or other wrapper passes keyword arguments through)."""
         if not hasattr(self, "_cache_name"):
-            import inspect
+            from plmods.models.hf import cache_keyword
 
-            from transformers import PreTrainedModel
-
-            hf = next((m for m in self.model.modules() if isinstance(m, PreTrainedModel)), self.model)
-            self._cache_name = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+            self._cache_name = cache_keyword(self.model)
         return self._cache_name
 
     def log_probs(self, batch: TensorDictBase, micro_batch_size: int | None = None) -> torch.Tensor:

@@ -34,7 +34,7 @@ from transformers import (
 
 from plmods.errors import ConfigError, require
 
-__all__ = ["HFCausalLM", "DTYPES"]
+__all__ = ["HFCausalLM", "DTYPES", "cache_keyword"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LORA_DEFAULTS = {"r": 0, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "dropout": 0.0}
@@ -185,3 +185,13 @@ def _lora_settings(lora: Mapping[str, Any] | None) -> dict[str, Any]:
     require(0 <= float(settings["dropout"]) < 1, f"lora.dropout must be in [0, 1), got {settings['dropout']}.")
     require(bool(settings["target_modules"]), "lora.target_modules must name at least one module (e.g. q_proj).")
     return settings
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The keyword a transformers model's ``forward``/``generate`` takes for a KV cache: 5.24
+    renamed ``past_key_values`` to ``cache`` (the old name warns until 5.40). Read from the
+    outermost ``PreTrainedModel`` inside ``model`` (a PEFT or other wrapper passes keywords on)."""
+    import inspect
+
+    hf = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), model)
+    return "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"

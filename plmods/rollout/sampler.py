@@ -22,6 +22,8 @@ import torch
 from tensordict import TensorDict
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from plmods.models.hf import cache_keyword
+
 __all__ = ["GroupSampler", "SampledLogProbs", "response_mask"]
 
 
@@ -68,10 +70,13 @@ class GroupSampler:
         lm: the model factory (``HFCausalLM``): its tokenizer and prompt format.
         max_new_tokens: completion length limit (T).
         temperature: sampling temperature.
+        share_prefill: run each prompt's prefix once and share its cache across the prompt's
+            repeats (the same samples, G times less prefill).
     """
 
-    def __init__(self, lm, max_new_tokens: int, temperature: float = 1.0) -> None:
+    def __init__(self, lm, max_new_tokens: int, temperature: float = 1.0, share_prefill: bool = True) -> None:
         self.lm = lm
+        self.share_prefill = share_prefill
         self.tokenizer = lm.tokenizer
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
@@ -101,14 +106,17 @@ class GroupSampler:
     def sample(self, model: torch.nn.Module, prompts: list[str], repeats: int = 1, log_probs: bool = False) -> TensorDict:
         prompt_ids, prompt_mask = self.lm.encode_prompts(prompts)
         device = next(model.parameters()).device
-        prompt_ids = prompt_ids.repeat_interleave(repeats, 0).to(device)  # [N, P]
-        prompt_mask = prompt_mask.repeat_interleave(repeats, 0).to(device)
+        prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+        cache = self._shared_prefill(model, prompt_ids, prompt_mask, repeats) if repeats > 1 and self.share_prefill else None
+        prompt_ids = prompt_ids.repeat_interleave(repeats, 0)  # [N, P]
+        prompt_mask = prompt_mask.repeat_interleave(repeats, 0)
         recorder = SampledLogProbs(self.temperature)
         out = model.generate(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
             generation_config=self.generation_config,
             logits_processor=LogitsProcessorList([recorder]),
+            **({} if cache is None else {cache_keyword(model): cache}),
         )
         response = out.sequences[:, prompt_ids.shape[1] :]  # [N, T]
         mask = response_mask(response, self.tokenizer.eos_token_id)
@@ -124,6 +132,28 @@ class GroupSampler:
         if log_probs:
             batch["old_log_probs"] = recorder.finish(out.sequences, response.shape[1]).masked_fill(~mask, 0.0)
         return batch
+
+    @staticmethod
+    def _shared_prefill(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, repeats: int):
+        """The key/value cache of every prompt but its last token, computed once per prompt and
+        repeated to its ``repeats`` rows: generate then runs only the last prompt token and the
+        response per row (the G completions of a prompt share the same prefix)."""
+        from transformers import DynamicCache
+
+        if prompt_ids.shape[1] < 2:
+            return None
+        cache = DynamicCache()
+        head = prompt_mask[:, :-1]
+        model(
+            input_ids=prompt_ids[:, :-1],
+            attention_mask=head,
+            position_ids=(head.cumsum(-1) - 1).clamp_min(0),
+            use_cache=True,
+            logits_to_keep=1,
+            **{cache_keyword(model): cache},
+        )
+        cache.batch_repeat_interleave(repeats)
+        return cache
 
     def decode(self, batch: TensorDict) -> list[str]:
         return self.tokenizer.batch_decode(batch["response_tokens"], skip_special_tokens=True)

@@ -156,3 +156,18 @@ def test_steps_map_to_the_token_that_completes_them():
     assert ends[first] >= 6 and (first == 0 or ends[first - 1] < 6)
     assert second == len(tokens) - 1
     assert tok.decode(tokens[: first + 1]).startswith("7*3=21")
+
+
+def test_shared_prefill_samples_exactly_what_a_full_prefill_samples(model_dir):
+    """Each prompt's prefix runs once and its cache is repeated to the G rows: the same tokens
+    and log-probs as G separate prefills (left padding included)."""
+    lm = HFCausalLM(str(model_dir))
+    model = lm.build()
+    out = []
+    for share in (False, True):
+        torch.manual_seed(0)
+        sampler = GroupSampler(lm, 12, 0.7, share_prefill=share)
+        out.append(sampler.sample(model, ["What is 12+7?", "hi", "so 3+4 = what"], repeats=3, log_probs=True))
+    assert (out[0]["attention_mask"][:, 0] == 0).any()
+    assert torch.equal(out[0]["response_tokens"], out[1]["response_tokens"])
+    torch.testing.assert_close(out[0]["old_log_probs"], out[1]["old_log_probs"], rtol=0, atol=1e-6)

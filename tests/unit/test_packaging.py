@@ -38,3 +38,21 @@ def test_language_api_imports():
     )
     from plmods.rollout import GroupRelativeAdvantage, ProcessAdvantage  # noqa: F401
     from plmods.rollout.sampler import GroupSampler  # noqa: F401
+
+
+def test_dependencies_point_one_way():
+    """An algorithm or model file never imports a callback, and model code never reaches into a
+    task's private state (tasks hand out demonstrations through public methods)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "plmods"
+    for folder in ("algos", "models", "rollout", "envs", "rewards"):
+        for path in (root / folder).glob("*.py"):
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    assert not node.module.startswith("plmods.callbacks"), f"{path.name} imports {node.module}"
+                if isinstance(node, ast.Import):
+                    assert not any(a.name.startswith("plmods.callbacks") for a in node.names), path.name
+    for path in (root / "models").glob("*.py"):
+        assert "._excluded" not in path.read_text(), path.name

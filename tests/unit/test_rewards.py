@@ -98,3 +98,43 @@ def test_reward_returning_wrong_count_raises():
 def test_resolve_callable_rejects_non_callables():
     with pytest.raises(ConfigError, match="is not callable"):
         resolve_callable("plmods.rewards.__all__", "algo.process_reward")
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer", "expected"),
+    [
+        ("The answer is \\boxed{12}.", "12", 1.0),
+        ("so 5+7 = 12", "12", 1.0),
+        ("\\boxed{\\frac{1}{2}}", "0.5", 1.0),
+        ("0.5", "1/2", 1.0),
+        ("x = 3, so 3.0", "3", 1.0),
+        ("$\\boxed{13}$", "12", 0.0),
+        ("I think 13", "12", 0.0),
+        ("", "12", 0.0),
+        ("no number here", "7", 0.0),
+    ],
+)
+def test_math_answer_uses_math_verify(completion, answer, expected):
+    from plmods.rewards import math_answer
+
+    assert math_answer(["q"], [completion], [answer]) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer", "expected"),
+    [
+        ("so 3+4 = 7.", "7", 1.0),
+        ("7", "7", 1.0),
+        ("The sum is 1,234", "1234", 1.0),
+        ("-3", "-3", 1.0),
+        ("2.50", "2.5", 1.0),
+        ("7 then 8", "7", 0.0),  # the last number counts
+        ("seven", "7", 0.0),
+        ("", "7", 0.0),
+        ("3+4=77", "7", 0.0),
+    ],
+)
+def test_last_number_reads_the_last_number(completion, answer, expected):
+    from plmods.rewards import last_number
+
+    assert last_number(["q"], [completion], [answer]) == [expected]

@@ -1,0 +1,23 @@
+"""Weight arithmetic shared by callbacks and algorithms (kept here so an algorithm never imports
+a callback): ``mix_into`` moves a reference network towards a policy."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["mix_into"]
+
+
+@torch.no_grad()
+def mix_into(ref: torch.nn.Module, policy: torch.nn.Module, alpha: float) -> None:
+    """``ref <- alpha * policy + (1 - alpha) * ref`` for every parameter and floating buffer."""
+    ref_tensors = [*ref.parameters(), *(b for b in ref.buffers() if b.is_floating_point())]
+    policy_tensors = [*policy.parameters(), *(b for b in policy.buffers() if b.is_floating_point())]
+    if len(ref_tensors) != len(policy_tensors) or any(
+        r.shape != p.shape for r, p in zip(ref_tensors, policy_tensors, strict=True)
+    ):
+        raise ValueError("ref_policy and policy have different parameter structures.")
+    if alpha == 1.0:
+        torch._foreach_copy_(ref_tensors, policy_tensors)
+    else:
+        torch._foreach_lerp_(ref_tensors, policy_tensors, alpha)  # ref + alpha * (policy - ref)

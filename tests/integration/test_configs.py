@@ -8,7 +8,7 @@ from lightning import Trainer
 
 from plmods.algos import GRPOModule, RLModule
 from plmods.envs import ControlEnv, TextTask
-from plmods.models import MLPActorCritic, TinyCausalLM
+from plmods.models import HFCausalLM, MLPActorCritic, TinyCausalLM
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -22,14 +22,25 @@ def _lm_fast(experiment: str) -> tuple[str, ...]:
     return ("debug=fast_lm", "++callbacks.sft_warmup.cache_dir=null") if experiment.startswith("grpo") else ()
 
 
+@pytest.fixture(scope="module")
+def local_llama(tmp_path_factory):
+    from lm_fixtures import llama_dir
+
+    return llama_dir(tmp_path_factory.mktemp("llama"))
+
+
 @pytest.mark.parametrize("experiment", _options("experiment"))
-def test_experiments_instantiate(compose_cfg, experiment):
-    cfg = compose_cfg(f"experiment={experiment}", *_lm_fast(experiment))
+def test_experiments_instantiate(compose_cfg, experiment, local_llama):
+    # a real-model preset is composed as is, with its model directory swapped for a small local
+    # Llama (the SmolLM2 wheel is not part of the test install)
+    overrides = (f"model.path={local_llama}",) if "smollm2" in experiment else _lm_fast(experiment)
+    cfg = compose_cfg(f"experiment={experiment}", *overrides)
     env = instantiate(cfg.env)
     model = instantiate(cfg.model)
     module = instantiate(cfg.algo, env=env, model=model)
     if experiment.startswith("grpo"):
-        assert isinstance(env, TextTask) and isinstance(model, TinyCausalLM)
+        expected = HFCausalLM if "smollm2" in experiment else TinyCausalLM
+        assert isinstance(env, TextTask) and isinstance(model, expected)
         assert isinstance(module, GRPOModule)
         assert module.hparams.total_iterations == cfg.algo.total_iterations
     else:

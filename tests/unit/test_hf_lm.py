@@ -191,3 +191,60 @@ def test_smollm2_loads_an_existing_directory_without_preparing(model_dir):
 
     lm = SmolLM2(path=str(model_dir))  # a prepared directory is used as is (no wheel needed)
     assert lm.path == str(model_dir) and lm.tokenizer.eos_token == "<|im_end|>"
+
+
+def test_canonical_samples_take_the_offsets_path_with_one_decode(monkeypatch):
+    """The offsets of one re-encoding, not one decode per token (the fallback), for a sample that
+    is the tokenizer's own encoding of its text; a special token first adds no text."""
+    tok = bpe_tokenizer()
+    tokens = tok("The answer is 19.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    calls = []
+    decode = tok.decode
+    monkeypatch.setattr(tok, "decode", lambda ids, **kw: calls.append(1) or decode(ids, **kw))
+    ends = token_char_ends(tok, tokens)
+    assert len(calls) == 1 and ends[-1] == len("The answer is 19.")
+    assert token_char_ends(tok, [tok.eos_token_id]) == [0]
+    assert token_char_ends(tok, [tok.eos_token_id] + tokens[:1]) == [0, ends[0]]
+    # a tokenizer whose post-processor adds bos: the re-encoding must not add it
+    from tokenizers import processors
+
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|im_start|> $A", special_tokens=[("<|im_start|>", tok.bos_token_id)]
+    )
+    assert tok("x")["input_ids"][0] == tok.bos_token_id
+    calls.clear()
+    assert token_char_ends(tok, tokens) == ends and len(calls) == 1
+
+
+def test_step_ends_past_the_text_map_to_the_last_token():
+    assert steps_to_tokens([(3, 1.0), (99, 2.0)], [2, 4, 6]) == [(1, 1.0), (2, 2.0)]
+    assert steps_to_tokens([(5, 1.0)], [5]) == [(0, 1.0)]
+    assert steps_to_tokens([(9, 1.0)], [5]) == [(0, 1.0)]
+    assert steps_to_tokens([(1, 1.0)], []) == [(0, 1.0)]  # an empty completion: its only index
+
+
+def test_the_sampled_distribution_is_the_scored_one(model_dir):
+    """The recorder sees the logits before transformers' warpers (temperature, top-k, top-p,
+    min-p run after user processors), so equal log-probs alone cannot show that nothing truncates
+    or rescales after it. Sample one token 4,000 times from the raw model (its generation config
+    sets temperature 0.6, top_k 20, top_p 0.8, min_p 0.1, repetition penalty 1.3) and compare the
+    draws with softmax(logits / 0.7) from the scorer: the number of distinct tokens and the mean
+    log-probability must match what that distribution predicts."""
+    lm = HFCausalLM(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        model.model.norm.weight.mul_(8.0)  # spread the logits: a peaked distribution over 300 tokens
+    n = 4000
+    torch.manual_seed(0)
+    batch = GroupSampler(lm, 1, 0.7).sample(model, ["What is 12+7?"], repeats=n, log_probs=True)
+    with torch.no_grad():
+        ids, mask = lm.encode_prompts(["What is 12+7?"])
+        p = (model(input_ids=ids, attention_mask=mask).logits[0, -1] / 0.7).softmax(-1)
+    drawn = batch["response_tokens"][:, 0]
+    expected_distinct = float((1 - (1 - p) ** n).sum())
+    assert abs(len(drawn.unique()) - expected_distinct) < 0.1 * expected_distinct, (len(drawn.unique()), expected_distinct)
+    assert expected_distinct > 40  # top_k 20 / top_p / min_p would leave far fewer
+    log_p = p.log()
+    mean, sd = float((p * log_p).sum()), float((p * (log_p - (p * log_p).sum()) ** 2).sum().sqrt())
+    assert abs(float(log_p[drawn].mean()) - mean) < 4 * sd / n**0.5, (float(log_p[drawn].mean()), mean)
+    torch.testing.assert_close(batch["old_log_probs"][:, 0], log_p[drawn], rtol=0, atol=1e-4)

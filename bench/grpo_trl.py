@@ -57,6 +57,7 @@ def heldout_accuracy(model, tokenizer, heldout: list[dict], max_new_tokens: int,
     from transformers import GenerationConfig
 
     from plmods.rewards.math import exact_match
+    from plmods.rollout.sampler import response_mask
 
     was_training = model.training
     model.eval()
@@ -77,8 +78,7 @@ def heldout_accuracy(model, tokenizer, heldout: list[dict], max_new_tokens: int,
             input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], generation_config=config
         )
     response = out[:, enc["input_ids"].shape[1] :]
-    is_eos = response == tokenizer.eos_token_id
-    keep = (is_eos.cumsum(-1) - is_eos.long()) == 0  # up to and including the first eos
+    keep = response_mask(response, tokenizer.eos_token_id)  # up to and including the first eos
     response = response.masked_fill(~keep, tokenizer.pad_token_id)
     completions = tokenizer.batch_decode(response, skip_special_tokens=True)
     scores = exact_match([p["prompt"] for p in heldout], completions, [p["answer"] for p in heldout])

@@ -38,7 +38,7 @@ from plmods.errors import require
 from plmods.models.hf import HFCausalLM
 from plmods.models.lm import TinyCausalLM
 from plmods.models.lora import adapter_tensors, add_reference_adapter, is_lora, reference_adapter
-from plmods.models.weights import mix_into
+from plmods.models.weights import mix_into, mix_tensors
 from plmods.rewards.combine import RewardFunctions
 from plmods.rollout.group_advantage import GroupRelativeAdvantage
 from plmods.rollout.sampler import GroupSampler
@@ -235,11 +235,7 @@ class GRPOModule(IterationModule):
         if self.ref_policy is not None:
             mix_into(self.ref_policy, self.policy, alpha)
             return
-        ref, policy = adapter_tensors(self.policy)
-        if alpha == 1.0:
-            torch._foreach_copy_(ref, policy)
-        else:
-            torch._foreach_lerp_(ref, policy, alpha)
+        mix_tensors(*adapter_tensors(self.policy), alpha)
 
     def ref_log_probs(self, batch: TensorDict) -> torch.Tensor:
         scorer = self.loss_module.actor_network

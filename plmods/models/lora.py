@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
+from plmods.models.weights import mix_tensors
+
 __all__ = ["apply_lora", "is_lora", "add_reference_adapter", "reference_adapter", "adapter_tensors", "save_adapter"]
 
 POLICY, REFERENCE = "default", "ref"
@@ -39,8 +41,7 @@ def add_reference_adapter(model: torch.nn.Module) -> None:
     """A frozen ``ref`` adapter holding a copy of the policy adapter's weights."""
     model.add_adapter(REFERENCE, copy.deepcopy(model.peft_config[POLICY]))
     ref, policy = adapter_tensors(model)
-    with torch.no_grad():
-        torch._foreach_copy_(ref, policy)
+    mix_tensors(ref, policy, 1.0)
     model.set_adapter(POLICY)  # the policy's adapter trainable, the reference's frozen
     for tensor in ref:
         tensor.requires_grad_(False)

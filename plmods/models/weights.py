@@ -1,11 +1,12 @@
 """Weight arithmetic shared by callbacks and algorithms (kept here so an algorithm never imports
-a callback): ``mix_into`` moves a reference network towards a policy."""
+a callback): ``mix_into`` moves a reference network towards a policy, ``mix_tensors`` does the
+same for matching lists of tensors (LoRA adapters)."""
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["mix_into"]
+__all__ = ["mix_into", "mix_tensors"]
 
 
 @torch.no_grad()
@@ -17,7 +18,13 @@ def mix_into(ref: torch.nn.Module, policy: torch.nn.Module, alpha: float) -> Non
         r.shape != p.shape for r, p in zip(ref_tensors, policy_tensors, strict=True)
     ):
         raise ValueError("ref_policy and policy have different parameter structures.")
+    mix_tensors(ref_tensors, policy_tensors, alpha)
+
+
+@torch.no_grad()
+def mix_tensors(ref: list[torch.Tensor], policy: list[torch.Tensor], alpha: float) -> None:
+    """``ref[i] <- alpha * policy[i] + (1 - alpha) * ref[i]`` in place (alpha = 1: a copy)."""
     if alpha == 1.0:
-        torch._foreach_copy_(ref_tensors, policy_tensors)
+        torch._foreach_copy_(ref, policy)
     else:
-        torch._foreach_lerp_(ref_tensors, policy_tensors, alpha)  # ref + alpha * (policy - ref)
+        torch._foreach_lerp_(ref, policy, alpha)  # ref + alpha * (policy - ref)

@@ -107,7 +107,8 @@ class GroupSampler:
         prompt_ids, prompt_mask = self.lm.encode_prompts(prompts)
         device = next(model.parameters()).device
         prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-        cache = self._shared_prefill(model, prompt_ids, prompt_mask, repeats) if repeats > 1 and self.share_prefill else None
+        cache_name = cache_keyword(model)
+        cache = self._shared_prefill(model, prompt_ids, prompt_mask, repeats, cache_name) if repeats > 1 and self.share_prefill else None
         prompt_ids = prompt_ids.repeat_interleave(repeats, 0)  # [N, P]
         prompt_mask = prompt_mask.repeat_interleave(repeats, 0)
         recorder = SampledLogProbs(self.temperature)
@@ -116,7 +117,7 @@ class GroupSampler:
             attention_mask=prompt_mask,
             generation_config=self.generation_config,
             logits_processor=LogitsProcessorList([recorder]),
-            **({} if cache is None else {cache_keyword(model): cache}),
+            **({} if cache is None else {cache_name: cache}),
         )
         response = out.sequences[:, prompt_ids.shape[1] :]  # [N, T]
         mask = response_mask(response, self.tokenizer.eos_token_id)
@@ -134,7 +135,7 @@ class GroupSampler:
         return batch
 
     @staticmethod
-    def _shared_prefill(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, repeats: int):
+    def _shared_prefill(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, repeats: int, cache_name: str):
         """The key/value cache of every prompt but its last token, computed once per prompt and
         repeated to its ``repeats`` rows: generate then runs only the last prompt token and the
         response per row (the G completions of a prompt share the same prefix)."""
@@ -150,7 +151,7 @@ class GroupSampler:
             position_ids=(head.cumsum(-1) - 1).clamp_min(0),
             use_cache=True,
             logits_to_keep=1,
-            **{cache_keyword(model): cache},
+            **{cache_name: cache},
         )
         cache.batch_repeat_interleave(repeats)
         return cache

@@ -59,15 +59,22 @@ def _instantiate(node: Any, path: str | None = None, **kwargs: Any) -> Any:
 def _checkpoint_logger_version(ckpt_path: str | None) -> str | None:
     if not ckpt_path:
         return None
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    path = Path(ckpt_path)
+    # a sharded checkpoint (trainer=fsdp) is a directory; everything but weights and optimizer
+    # state is in its meta.pt (Lightning's layout)
+    checkpoint = torch.load(path / "meta.pt" if path.is_dir() else path, map_location="cpu", weights_only=False)
     return checkpoint.get("plmods", {}).get("logger_version")
 
 
 def _check_ckpt_path(ckpt_path: str | None) -> None:
-    if ckpt_path and not Path(ckpt_path).is_file():
+    if not ckpt_path:
+        return
+    path = Path(ckpt_path)
+    if not (path.is_file() or (path / "meta.pt").is_file()):
         raise ConfigError(
-            f"ckpt_path={ckpt_path!r} does not exist. Pass the path of a .ckpt file written by a "
-            "previous run (e.g. <run dir>/checkpoints/last.ckpt), or leave ckpt_path unset."
+            f"ckpt_path={ckpt_path!r} does not exist. Pass the path of a .ckpt file (or, after "
+            "trainer=fsdp, a .ckpt directory) written by a previous run (e.g. <run dir>/checkpoints/last.ckpt), "
+            "or leave ckpt_path unset."
         )
 
 
@@ -152,12 +159,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.validate(module, verbose=False)  # the final policy always gets evaluated
 
     summary = summarize(module, cfg, time.perf_counter() - process_start)
+    if hasattr(module, "save_policy"):  # every rank: a sharded policy is gathered first; rank 0 writes
+        module.save_policy(str(Path(cfg.output_dir) / "policy"))
     if trainer.is_global_zero:
         out = Path(cfg.output_dir) / "summary.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(summary, indent=2, default=str))
-        if hasattr(module, "save_policy"):
-            module.save_policy(str(Path(cfg.output_dir) / "policy"))
         log.info("%s on %s: %s -> %s", summary["algo"], summary.get("env"), module.summary_line(), out)
     for logger in loggers:
         if isinstance(logger, WandbLogger):

@@ -400,9 +400,9 @@ class ControlModule(RLModule):
         if baseline is not None and getattr(self.advantage_module, "baseline", None) == "moving_average":
             iteration_metrics["baseline"] = float(baseline)
         if getattr(self.loss_module, "beta", None) is not None:
-            # d = KL(pi_old || pi_new) over the iteration's batch after its updates (train/kl),
-            # averaged over ranks so every rank adapts beta identically (AdaptiveKL)
-            self.measured_kl = float(self.sum_over_ranks(policy_kl(self.actor, batch)) / self.world_size)
+            # d = KL(pi_old || pi_new) over this rank's batch after its updates (train/kl, logged
+            # as the mean over ranks); AdaptiveKL averages the ranks' values before its rule
+            self.measured_kl = float(policy_kl(self.actor, batch))
             iteration_metrics["kl"] = self.measured_kl
         self.accumulate_iteration(iteration_metrics)
 

@@ -38,6 +38,7 @@ from plmods.errors import require
 from plmods.models.hf import HFCausalLM
 from plmods.models.lm import TinyCausalLM
 from plmods.models.lora import adapter_tensors, add_reference_adapter, is_lora, reference_adapter
+from plmods.models.sharding import full_state_dict, gathered, is_sharded, shard_causal_lm
 from plmods.models.weights import mix_into, mix_tensors
 from plmods.rewards.combine import RewardFunctions
 from plmods.rollout.group_advantage import GroupRelativeAdvantage
@@ -212,6 +213,12 @@ class GRPOModule(IterationModule):
                 add_reference_adapter(policy)  # same network, a frozen second adapter
             else:
                 self.ref_policy = copy.deepcopy(policy).requires_grad_(False)
+        mesh = self.device_mesh  # set by ModelParallelStrategy (trainer=fsdp / fsdp_sim)
+        if mesh is not None:
+            dp_mesh = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
+            shard_causal_lm(policy, dp_mesh)  # with LoRA the reference adapter is sharded with it
+            if self.ref_policy is not None:
+                shard_causal_lm(self.ref_policy, dp_mesh)  # same structure: soft syncs stay shard-local
         scorer = ResponseScorer(policy, self.temperature, share_prompts=not self.model_factory.gradient_checkpointing)
         self.loss_module = MaskedGRPOLoss(
             scorer,
@@ -279,7 +286,11 @@ class GRPOModule(IterationModule):
     def generate(self, prompts: list[str], repeats: int = 1, old_log_probs: bool = False) -> TensorDict:
         """Sample ``repeats`` completions per prompt (``rollout.sampler.GroupSampler``): a
         TensorDict ``[N]`` with ids, masks and, if asked, the sampler's own ``old_log_probs``."""
-        return self.sampler.sample(self.policy, prompts, repeats, log_probs=old_log_probs)
+        # sharded (FSDP): the weights are gathered once for the whole generation, not once per
+        # token and layer; then no collective runs inside generate and each rank stops at its own
+        # length (transformers' synced_gpus, which would otherwise turn on, is not needed)
+        with gathered(self.policy) as sharded:
+            return self.sampler.sample(self.policy, prompts, repeats, log_probs=old_log_probs, synced_gpus=False if sharded else None)
 
     def completions(self, batch: TensorDict) -> list[str]:
         return self.sampler.decode(batch)
@@ -351,7 +362,7 @@ class GRPOModule(IterationModule):
         finally:
             self.policy.eval()
         if self.has_reference and "kl_to_ref" in self._metric_sums:
-            self.measured_kl = float(self.sum_over_ranks(self.iteration_mean("kl_to_ref")) / self.world_size)
+            self.measured_kl = float(self.iteration_mean("kl_to_ref"))  # this rank's; AdaptiveKL averages ranks
         self._perf["perf/update_s"] = time.perf_counter() - start
 
     def _minibatch_step(self, minibatch: TensorDict) -> None:
@@ -515,8 +526,21 @@ class GRPOModule(IterationModule):
 
     def save_policy(self, path: str) -> None:
         """The trained policy and tokenizer: a transformers directory (``model.path=`` loads it),
-        or with LoRA a PEFT adapter directory (plus ``merged/`` with ``model.save_merged``)."""
-        self.model_factory.save(self.policy, path)
+        or with LoRA a PEFT adapter directory (plus ``merged/`` with ``model.save_merged``).
+        Every rank must call it when the policy is sharded (the weights are gathered onto rank 0,
+        which writes); otherwise only rank 0 writes."""
+        if not is_sharded(self.policy):
+            if self._trainer is None or self.trainer.is_global_zero:
+                self.model_factory.save(self.policy, path)
+            return
+        state = full_state_dict(self.policy)
+        if self.trainer.is_global_zero:
+            # an unsharded twin of the policy, loaded with the gathered weights, is what is saved
+            twin = self.model_factory.build(seed=self.seed)
+            missing, _ = twin.load_state_dict(state, strict=False)  # the reference adapter's keys are dropped
+            require(not missing, f"gathered policy state lacks {missing[:3]}")
+            self.model_factory.save(twin, path)
+        self.trainer.strategy.barrier("save_policy")
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict[str, Any]:

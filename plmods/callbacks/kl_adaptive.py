@@ -17,6 +17,7 @@ import inspect
 import math
 from typing import Any, Literal
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
@@ -83,7 +84,9 @@ class AdaptiveKL(Callback):
       callback stores no copy of it, so a checkpoint holds beta once;
     - ``measured_kl``: the KL measured over the last iteration (float or 0-dim tensor), or None when
       nothing was measured, in which case the iteration is skipped. The module sets it every
-      iteration (a stale value would be used again); under DDP it must be the same on every rank.
+      iteration (a stale value would be used again). Under DDP or FSDP each rank reports the KL
+      of its own data and the callback adapts with the mean over ranks, so every rank holds the
+      same beta (every rank must report a value, or None, in the same iterations).
 
     Args:
         target_kl: delta, the KL per iteration to steer towards (> 0).
@@ -225,7 +228,7 @@ class AdaptiveKL(Callback):
         measured = pl_module.measured_kl
         if measured is None:
             return
-        measured = float(measured)
+        measured = self._mean_over_ranks(trainer, float(measured))
         step = trainer.global_step
         if self.steps_per_update is not None:
             n_steps = self.steps_per_update
@@ -250,6 +253,15 @@ class AdaptiveKL(Callback):
         self._last_step = step
         # batch_size=1: nothing to infer from a batch in an epoch-end hook
         pl_module.log(self.log_key, self._kl_coef, batch_size=1)
+
+    @staticmethod
+    def _mean_over_ranks(trainer: Trainer, measured: float) -> float:
+        """The mean of every rank's measured KL (each rank measured its own data): every rank
+        then applies the rule to the same number and holds the same beta."""
+        if trainer.world_size <= 1:
+            return measured
+        value = torch.tensor(measured, dtype=torch.float64, device=trainer.strategy.root_device)
+        return float(trainer.strategy.reduce(value, reduce_op="mean"))
 
     @override
     def state_dict(self) -> dict[str, Any]:

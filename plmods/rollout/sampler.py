@@ -103,7 +103,11 @@ class GroupSampler:
         )
 
     @torch.no_grad()
-    def sample(self, model: torch.nn.Module, prompts: list[str], repeats: int = 1, log_probs: bool = False) -> TensorDict:
+    def sample(
+        self, model: torch.nn.Module, prompts: list[str], repeats: int = 1, log_probs: bool = False, synced_gpus: bool | None = None
+    ) -> TensorDict:
+        """``repeats`` completions per prompt; ``synced_gpus`` is passed to ``generate`` when set
+        (False for a sharded model whose weights were gathered for the whole call)."""
         prompt_ids, prompt_mask = self.lm.encode_prompts(prompts)
         device = next(model.parameters()).device
         prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
@@ -118,6 +122,7 @@ class GroupSampler:
             generation_config=self.generation_config,
             logits_processor=LogitsProcessorList([recorder]),
             **({} if cache is None else {cache_name: cache}),
+            **({} if synced_gpus is None else {"synced_gpus": synced_gpus}),
         )
         response = out.sequences[:, prompt_ids.shape[1] :]  # [N, T]
         mask = response_mask(response, self.tokenizer.eos_token_id)

@@ -139,7 +139,7 @@ class FakeModule:
 
 
 def _one_iteration(callback: AdaptiveKL, module: FakeModule, measured, steps: int = 1) -> None:
-    trainer = SimpleNamespace(global_step=0)
+    trainer = SimpleNamespace(global_step=0, world_size=1)
     callback.setup(trainer, module, "fit")
     callback.on_train_start(trainer, module)
     trainer.global_step = steps
@@ -197,7 +197,7 @@ def test_state_dict_round_trip_keeps_the_modules_beta_over_initial_kl_coef():
     restored = AdaptiveKL(target_kl=DELTA, initial_kl_coef=0.25)
     restored.load_state_dict(state)
     module = FakeModule(2.0)  # as restored from the module's checkpoint
-    restored.on_train_start(SimpleNamespace(global_step=3), module)
+    restored.on_train_start(SimpleNamespace(global_step=3, world_size=1), module)
     assert module.kl_coef == 2.0 and restored.kl_coef == 2.0
     assert restored.num_updates == 1 and restored.history == [(3, 0.02, 2.0)]
 
@@ -439,7 +439,7 @@ class _Module:
 
 
 def _adapt_once(cb, module, measured, start_step, end_step):
-    trainer = SimpleNamespace(global_step=start_step)
+    trainer = SimpleNamespace(global_step=start_step, world_size=1)
     cb.setup(trainer, module, "fit")
     cb.on_train_start(trainer, module)
     trainer.global_step = end_step

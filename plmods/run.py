@@ -6,10 +6,14 @@ and writes ``summary.json`` into the run's output directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +116,46 @@ def _callbacks(cfg: DictConfig) -> list[L.Callback]:
     ]
 
 
+def _ddp_if_replicated(cfg: DictConfig, module: Any) -> None:
+    """``trainer=fsdp`` / ``fsdp_sim`` with a module that shards nothing (the control modules:
+    MLPs of a few thousand parameters) runs as DDP: replicated networks with averaged gradients
+    is what that module would get under ``ModelParallelStrategy`` too, and Lightning's
+    ``ModelParallelStrategy`` cannot restore a checkpoint into a model without sharded tensors."""
+    strategy = cfg.trainer.get("strategy")
+    if not isinstance(strategy, DictConfig) or not str(strategy.get("_target_", "")).endswith("ModelParallelStrategy"):
+        return
+    if getattr(module, "shards_parameters", False):
+        return
+    backend = "gloo" if cfg.trainer.get("accelerator") == "cpu" else "nccl"
+    log.info("%s has nothing to shard: trainer.strategy runs as DDP (%s)", type(module).__name__, backend)
+    cfg.trainer.strategy = OmegaConf.create(
+        {"_target_": "lightning.pytorch.strategies.DDPStrategy", "process_group_backend": backend}
+    )
+
+
+@contextlib.contextmanager
+def _trusted_loads_after_setup(trainer: L.Trainer, ckpt_path: str | None) -> Iterator[None]:
+    """Lightning 2.6 drops ``fit(weights_only=...)`` for strategies that restore after setup
+    (``ModelParallelStrategy``: ``Trainer._run`` calls ``_restore_modules_and_callbacks(ckpt_path)``
+    without it), so torch's weights-only default refuses plmods' own checkpoint metadata. Inside
+    the block a load that names no ``weights_only`` is a full load, as ``fit`` was asked; tested
+    by the FSDP resume tests."""
+    if not ckpt_path or not trainer.strategy.restore_checkpoint_after_setup:
+        yield
+        return
+    previous = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+            yield
+    finally:
+        if previous is None:
+            del os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"]
+        else:
+            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = previous
+
+
 def summarize(module: Any, cfg: DictConfig, process_s: float) -> dict[str, Any]:
     """The run's headline numbers (written to ``summary.json``): what every run has, then the
     module's own (``module.summary()``: returns for control, accuracy before/after for GRPO)."""
@@ -145,6 +189,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = _instantiate(cfg.algo, "algo", env=env, model=model)
     callbacks = _callbacks(cfg)
     loggers = _loggers(cfg, _checkpoint_logger_version(ckpt_path))
+    _ddp_if_replicated(cfg, module)
     trainer: L.Trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     for logger in loggers:
@@ -153,7 +198,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             frames_as_x_axis(logger)
 
     # plmods checkpoints hold pickled env state and RNG states: load them as the trusted files they are
-    trainer.fit(module, ckpt_path=ckpt_path, weights_only=False)
+    with _trusted_loads_after_setup(trainer, ckpt_path):
+        trainer.fit(module, ckpt_path=ckpt_path, weights_only=False)
     last_eval = module.val_history[-1]["iteration"] if module.val_history else None
     if last_eval != module.iteration and not trainer.interrupted:
         trainer.validate(module, verbose=False)  # the final policy always gets evaluated

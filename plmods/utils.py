@@ -60,6 +60,10 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchrl")
     warnings.filterwarnings("ignore", category=FutureWarning, module="torchrl")
+    # a sharded last.ckpt (trainer=fsdp) is rewritten in place every iteration, as a file would be
+    warnings.filterwarnings("ignore", message=".*Detected an existing checkpoint in .*overwriting.*")
+    # transformers' own deprecation inside its gradient-checkpointing check (FSDP state-dict path)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing. is deprecated.*")
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ from plmods.errors import require
 from plmods.models.hf import HFCausalLM
 from plmods.models.lm import TinyCausalLM
 from plmods.models.lora import adapter_tensors, add_reference_adapter, is_lora, reference_adapter
-from plmods.models.sharding import full_state_dict, gathered, is_sharded, shard_causal_lm
+from plmods.models.sharding import full_state_dict, gathered, is_sharded, reshard, shard_causal_lm
 from plmods.models.weights import mix_into, mix_tensors
 from plmods.rewards.combine import RewardFunctions
 from plmods.rollout.group_advantage import GroupRelativeAdvantage
@@ -94,6 +94,7 @@ class GRPOModule(IterationModule):
     """
 
     val_metrics = ("val/accuracy", "val/reward_mean")
+    shards_parameters = True  # configure_model applies fully_shard under ModelParallelStrategy
 
     def __init__(
         self,
@@ -240,6 +241,8 @@ class GRPOModule(IterationModule):
         """``ref <- alpha * policy + (1 - alpha) * ref`` (RefPolicySync protocol): every weight of
         a full reference, or the reference adapter's weights with LoRA."""
         if self.ref_policy is not None:
+            reshard(self.ref_policy)  # sharded: mixed shard by shard, no gather (no-op otherwise)
+            reshard(self.policy)
             mix_into(self.ref_policy, self.policy, alpha)
             return
         mix_tensors(*adapter_tensors(self.policy), alpha)

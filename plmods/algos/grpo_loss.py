@@ -156,6 +156,15 @@ class MaskedGRPOLoss(GRPOLoss):
             advantage="advantage",
         )
 
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        """torch's signature: torchrl 0.14's ``LossModule.named_parameters`` drops
+        ``remove_duplicate``, which torch's distributed state-dict helpers pass (an FSDP checkpoint
+        written whole, ``save_distributed_checkpoint=false``, failed with a TypeError). torchrl's
+        filter of ``_target`` parameters is kept (``tests/unit/test_grpo_loss.py``)."""
+        for name, param in torch.nn.Module.named_parameters(self, prefix, recurse, remove_duplicate):
+            if not name.startswith("_target"):
+                yield name, param
+
     def _get_cur_log_prob(self, tensordict: TensorDictBase):
         tokens = tensordict["response_tokens"]  # [N, T]
         mask = tensordict["response_mask"]  # [N, T]

@@ -20,13 +20,13 @@ import torch
 import torch.distributed as dist
 from lightning import LightningModule
 from lightning.pytorch.strategies import ModelParallelStrategy, SingleDeviceStrategy
-from torch.distributed.fsdp import FSDPModule
 from torch.utils.data import DataLoader
 
+from plmods.errors import ConfigError
 from plmods.rollout.dataset import iteration_loader
 from plmods.utils import set_rng_state
 
-__all__ = ["IterationModule", "EVAL_SEED_OFFSET", "RANK_SEED_OFFSET", "average_gradients"]
+__all__ = ["IterationModule", "EVAL_SEED_OFFSET", "RANK_SEED_OFFSET"]
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation never shares seeds with training
 RANK_SEED_OFFSET = 10_007  # each DDP rank collects / samples with its own seed
@@ -38,6 +38,8 @@ class IterationModule(LightningModule):
 
     # validation metrics a checkpoint or early-stopping callback may monitor
     val_metrics: tuple[str, ...] = ()
+    # whether configure_model shards parameters under ModelParallelStrategy (else: replicated)
+    shards_parameters: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -79,20 +81,21 @@ class IterationModule(LightningModule):
         self._trained_params = [
             p for group in self.optimizers().optimizer.param_groups for p in group["params"]
         ]
-        # under ModelParallelStrategy a module it did not shard is replicated: nothing averages its
-        # gradients but this module (DDP would; FSDP's reduce-scatter would for sharded ones)
-        self._average_gradients = isinstance(strategy, ModelParallelStrategy) and not any(
-            isinstance(m, FSDPModule) for m in self.modules()
-        ) and self.world_size > 1
+
         self._fit_start = time.perf_counter()
         self._fit_start_seconds = self.train_seconds
 
     def configure_model(self) -> None:
-        """Nothing to shard by default: under ``ModelParallelStrategy`` (``trainer=fsdp``) a
-        module that shards nothing is replicated on every rank and ``optimizer_step`` averages
-        its gradients over the ranks (what DDP does). The control networks (a few thousand
-        parameters) stay whole this way: sharding them would make every forward a collective.
-        GRPO overrides this to shard its language model."""
+        """Where a module shards its networks under ``ModelParallelStrategy`` (``trainer=fsdp``);
+        GRPO shards its language model. A module that shards nothing (``shards_parameters`` False:
+        the control modules, MLPs of a few thousand parameters) refuses that strategy: nothing
+        would average its gradients, and Lightning cannot restore its checkpoints. ``train.py``
+        runs such a module's ``trainer=fsdp`` as DDP."""
+        if not self.shards_parameters and self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
+            raise ConfigError(
+                f"{type(self).__name__} replicates its networks (nothing to shard): use DDPStrategy "
+                "(trainer=ddp or ddp_sim), not ModelParallelStrategy."
+            )
 
     def elapsed_seconds(self) -> float:
         """Training wall time so far, including segments before a resume."""
@@ -163,8 +166,6 @@ class IterationModule(LightningModule):
         if loss is not None:
             optimizer.zero_grad()
             self.backward_only(loss)
-        if self._average_gradients:
-            average_gradients(self._trained_params)
         grad_norm = None
         if max_grad_norm is not None:
             if self._plain_backward:
@@ -271,17 +272,3 @@ class IterationModule(LightningModule):
         if saved is not None:
             self.load_checkpoint_state(saved)
 
-
-@torch.no_grad()
-def average_gradients(params: list[torch.Tensor]) -> None:
-    """Replace each parameter's gradient by its mean over all ranks, in one all-reduce of a flat
-    buffer (written here because torch's composable ``replicate`` is private API; gradients of a
-    replicated control network are a few thousand numbers, so one copy in and out is cheap)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    chunks = flat.split([g.numel() for g in grads])
-    torch._foreach_copy_(grads, [chunk.view_as(g) for chunk, g in zip(chunks, grads, strict=True)])

@@ -24,7 +24,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
-__all__ = ["shard_causal_lm", "is_sharded", "gathered", "full_state_dict", "decoder_layers"]
+__all__ = ["shard_causal_lm", "is_sharded", "gathered", "reshard", "full_state_dict", "decoder_layers"]
 
 
 def _transformers_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -71,6 +71,15 @@ def gathered(model: torch.nn.Module) -> Iterator[bool]:
         for m in modules:
             m.reshard()
             m.set_reshard_after_forward(True)
+
+
+def reshard(model: torch.nn.Module) -> None:
+    """Free every gathered parameter of ``model``: its parameters are shards again. FSDP leaves
+    the root gathered after a forward with no backward (the reference's), so shard-by-shard
+    arithmetic on parameters calls this first."""
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -5,6 +5,7 @@ same for matching lists of tensors (LoRA adapters)."""
 from __future__ import annotations
 
 import torch
+from torch.distributed.tensor import DTensor
 
 __all__ = ["mix_into", "mix_tensors"]
 
@@ -23,7 +24,16 @@ def mix_into(ref: torch.nn.Module, policy: torch.nn.Module, alpha: float) -> Non
 
 @torch.no_grad()
 def mix_tensors(ref: list[torch.Tensor], policy: list[torch.Tensor], alpha: float) -> None:
-    """``ref[i] <- alpha * policy[i] + (1 - alpha) * ref[i]`` in place (alpha = 1: a copy)."""
+    """``ref[i] <- alpha * policy[i] + (1 - alpha) * ref[i]`` in place (alpha = 1: a copy).
+
+    Sharded tensors (FSDP's ``DTensor``) are mixed shard by shard, with no communication: the
+    reference and the policy are sharded the same way, so each rank's shards correspond."""
+    if any(isinstance(t, DTensor) for t in (*ref, *policy)):
+        for r, p in zip(ref, policy, strict=True):
+            if isinstance(r, DTensor) != isinstance(p, DTensor) or (isinstance(r, DTensor) and r.placements != p.placements):
+                raise ValueError("ref and policy tensors are sharded differently; shard both the same way (and reshard both).")
+        ref = [t.to_local() if isinstance(t, DTensor) else t for t in ref]  # views of the local shards
+        policy = [t.to_local() if isinstance(t, DTensor) else t for t in policy]
     if alpha == 1.0:
         torch._foreach_copy_(ref, policy)
     else:

@@ -1,4 +1,9 @@
-"""DDP with 2 CPU processes (gloo): each rank collects with its own env and seed."""
+"""Every algorithm on 2 CPU processes (gloo) under DDP (`trainer=ddp_sim`) and FSDP2
+(`trainer=fsdp_sim`): ranks hold identical models (full-state hash compare by the RankConsistency
+callback), draw their own data, count all ranks' frames, and a stopped run resumed under the same
+strategy ends exactly where the uninterrupted one does."""
+
+import json
 
 import pytest
 import torch
@@ -6,45 +11,121 @@ from conftest import PPO_FAST
 
 pytestmark = pytest.mark.ddp
 
+CHECK = "+callbacks@callbacks.rank_consistency=rank_consistency"
+LM_FAST = ("debug=fast_lm", "+algo.rewards.length=tests.rewards_for_tests.length_reward", "logger=none")
 
-def test_ddp_two_ranks_collect_separately_and_resume(run_train, tmp_path):
-    run = run_train(
-        *PPO_FAST,
-        "trainer=ddp_sim",
-        "logger=none",
-        "algo.total_frames=512",
-        "trainer.max_epochs=2",
-        run_dir=tmp_path / "part",
-    )
-    s = run.summary
-    # frames count both ranks: 2 iterations x 64 frames x 2 ranks
-    assert s["frames"] == 256 and s["iterations"] == 2
-    ckpt = torch.load(run.run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    per_rank = ckpt["plmods"]["per_rank"]
-    assert len(per_rank) == 2
-    # different seeds per rank: different running episodes and env states
+
+def _consistency(run) -> dict:
+    return json.loads((run.run_dir / "rank_consistency.json").read_text())
+
+
+def _meta(run) -> dict:
+    """The non-tensor part of last.ckpt: the file itself (DDP) or a sharded directory's meta.pt (FSDP)."""
+    path = run.run_dir / "checkpoints" / "last.ckpt"
+    return torch.load(path / "meta.pt" if path.is_dir() else path, weights_only=False)
+
+
+def _stop_and_resume(run_train, tmp_path, args, stop_after):
+    """(uninterrupted run, run resumed from a run stopped after ``stop_after`` iterations)."""
+    full = run_train(*args, run_dir=tmp_path / "full")
+    part = run_train(*args, f"trainer.max_epochs={stop_after}", run_dir=tmp_path / "part")
+    assert part.summary["iterations"] == stop_after
+    ckpt = part.run_dir / "checkpoints" / "last.ckpt"
+    resumed = run_train(*args, f"ckpt_path={ckpt}", run_dir=tmp_path / "resumed")
+    return full, resumed
+
+
+def _assert_same_end(full, resumed):
+    a, b = _consistency(full), _consistency(resumed)
+    assert a["world_size"] == b["world_size"] == 2
+    assert (a["global_step"], a["tensors"], a["digest"]) == (b["global_step"], b["tensors"], b["digest"])
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
+    assert strip(full.summary["val_history"]) == strip(resumed.summary["val_history"])
+
+
+def test_ppo_ddp_ranks_collect_separately_agree_and_resume_exactly(run_train, tmp_path):
+    args = (*PPO_FAST, "trainer=ddp_sim", "logger=none", "algo.total_frames=512", CHECK)
+    full, resumed = _stop_and_resume(run_train, tmp_path, args, stop_after=2)
+    # frames count both ranks: 4 iterations x 64 frames x 2 ranks
+    assert full.summary["frames"] == resumed.summary["frames"] == 512
+    assert full.summary["iterations"] == resumed.summary["iterations"] == 4
+    per_rank = _meta(full)["plmods"]["per_rank"]
+    assert len(per_rank) == 2  # different seeds per rank: different running episodes and env states
     assert not torch.equal(per_rank[0]["carrier"]["observation"], per_rank[1]["carrier"]["observation"])
     assert per_rank[0]["env"]["gym_envs"] != per_rank[1]["env"]["gym_envs"]
-
-    resumed = run_train(
-        *PPO_FAST,
-        "trainer=ddp_sim",
-        "logger=none",
-        "algo.total_frames=512",
-        f"ckpt_path={run.run_dir / 'checkpoints' / 'last.ckpt'}",
-        run_dir=tmp_path / "resumed",
-    )
-    assert resumed.summary["frames"] == 512
-    assert resumed.summary["iterations"] == 4
+    _assert_same_end(full, resumed)
 
 
-def test_grpo_ddp_ranks_draw_their_own_prompts(run_train, tmp_path):
+def test_reinforce_ddp_ranks_agree(run_train):
+    run = run_train("algo=reinforce", "debug=fast", "trainer=ddp_sim", "logger=none", "algo.total_frames=1000", CHECK)
+    assert _consistency(run)["world_size"] == 2 and run.summary["frames"] >= 1000
+    per_rank = _meta(run)["plmods"]["per_rank"]
+    assert per_rank[0]["env"]["gym_envs"] != per_rank[1]["env"]["gym_envs"]
+
+
+def test_ppo_kl_under_the_fsdp_preset_runs_as_ddp_adapts_one_beta_and_resumes_exactly(run_train, tmp_path):
+    args = (*PPO_FAST, "algo=ppo_kl", "trainer=fsdp_sim", "logger=none", "algo.total_frames=512",
+            "callbacks=[default,adaptive_kl,rank_consistency]")  # fmt: skip
+    full, resumed = _stop_and_resume(run_train, tmp_path, args, stop_after=2)
+    # nothing to shard in an MLP: the preset's ModelParallelStrategy becomes DDP (logged)
+    assert full.summary["config"]["trainer"]["strategy"]["_target_"].endswith("DDPStrategy")
+    assert "has nothing to shard: trainer.strategy runs as DDP (gloo)" in full.output
+    (kl_state,) = [v for k, v in _meta(full)["callbacks"].items() if k.startswith("AdaptiveKL")]
+    assert kl_state["num_updates"] == 4  # one adaptation per iteration; beta is in the hashed state
+    assert full.summary["frames"] == 512
+    _assert_same_end(full, resumed)
+
+
+def test_grpo_ddp_ranks_draw_their_own_prompts_and_agree(run_train, tmp_path):
     run = run_train(
-        "experiment=grpo_addition", "debug=fast_lm", "trainer=ddp_sim", "logger=none",
-        "+algo.rewards.length=tests.rewards_for_tests.length_reward", f"callbacks.sft_warmup.cache_dir={tmp_path / 'sft'}",
+        "experiment=grpo_addition", *LM_FAST, "trainer=ddp_sim", "algo.kl_coef=0.05", CHECK,
+        f"callbacks.sft_warmup.cache_dir={tmp_path / 'sft'}",
     )  # fmt: skip
-    assert run.summary["iterations"] == 4
-    ckpt = torch.load(run.run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    per_rank = ckpt["plmods"]["per_rank"]
+    assert run.summary["iterations"] == 4 and _consistency(run)["world_size"] == 2
+    meta = _meta(run)
+    per_rank = meta["plmods"]["per_rank"]
     assert len(per_rank) == 2 and per_rank[0]["prompt_rng"] != per_rank[1]["prompt_rng"]
-    assert ckpt["global_step"] == 4 * 2  # both ranks stepped together: mu = 2 per iteration
+    assert meta["global_step"] == 4 * 2  # both ranks stepped together: mu = 2 per iteration
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_grpo_fsdp_shards_syncs_the_reference_and_resumes_exactly(run_train, tmp_path, lora):
+    args = (
+        "experiment=grpo_addition", *LM_FAST, "trainer=fsdp_sim", "algo.kl_coef=0.05",
+        "callbacks=[default,ref_policy_sync,adaptive_kl,rank_consistency]",
+        "callbacks.ref_policy_sync.sync_every=3", "callbacks.ref_policy_sync.alpha=0.5",
+        f"callbacks.sft_warmup.cache_dir={tmp_path / 'sft'}",
+        # LoRA: the unsharded checkpoint form (one file, gathered on rank 0)
+        *(("model.lora.r=4", "trainer.strategy.save_distributed_checkpoint=false") if lora else ()),
+    )  # fmt: skip
+    full, resumed = _stop_and_resume(run_train, tmp_path, args, stop_after=2)
+    ckpt = full.run_dir / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file() if lora else (ckpt / "meta.pt").is_file()
+    meta = _meta(full)
+    states = {k.split("{")[0]: v for k, v in meta["callbacks"].items()}
+    assert states["RefPolicySync"]["num_syncs"] == 2  # steps 3 and 6 of 8
+    assert states["AdaptiveKL"]["num_updates"] == 4
+    per_rank = meta["plmods"]["per_rank"]
+    assert per_rank[0]["prompt_rng"] != per_rank[1]["prompt_rng"]
+    policy = full.run_dir / "policy"
+    assert (policy / ("adapter_model.safetensors" if lora else "model.safetensors")).is_file()
+    _assert_same_end(full, resumed)
+
+
+def test_fsdp_trains_the_same_policy_as_ddp(run_train, tmp_path):
+    """Same seeds, same per-rank prompts and samples: FSDP (sharded weights gathered for sampling,
+    a sharded reference mixed shard by shard, reduce-scattered gradients) ends where DDP does, up
+    to float rounding, while training moved the weights by far more."""
+    from safetensors.torch import load_file
+
+    sft = tmp_path / "sft"
+    args = ("experiment=grpo_addition", *LM_FAST, "algo.kl_coef=0.05", f"callbacks.sft_warmup.cache_dir={sft}",
+            "callbacks=[default,ref_policy_sync]", "callbacks.ref_policy_sync.sync_every=3",
+            "callbacks.ref_policy_sync.alpha=0.5")  # fmt: skip
+    ddp = run_train(*args, "trainer=ddp_sim", run_dir=tmp_path / "ddp")
+    fsdp = run_train(*args, "trainer=fsdp_sim", run_dir=tmp_path / "fsdp")
+    a, b = (load_file(run.run_dir / "policy" / "model.safetensors") for run in (ddp, fsdp))
+    (start_file,) = sft.glob("*/model.safetensors")
+    start = load_file(start_file)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    assert max(float((a[k] - start[k]).abs().max()) for k in a) > 1e-4

@@ -111,3 +111,17 @@ def test_gradient_flows_only_through_unclipped_valid_tokens():
     assert torch.all(grad[0, 0] == 0) and torch.all(grad[0, 3] == 0) and torch.all(grad[1, 2:] == 0)
     # row 1 pos 0 has ratio 1.25 and A<0: min picks the unclipped term, so it has a gradient
     assert grad[1, 0].abs().sum() > 0 and grad[0, 1].abs().sum() > 0
+
+
+def test_named_parameters_takes_torchs_remove_duplicate_keyword():
+    """FSDP's whole-state checkpoint calls named_parameters(remove_duplicate=False): torchrl's
+    LossModule refuses the keyword (this fails once torchrl takes it, and the override can go)."""
+    import inspect
+
+    from torchrl.objectives import LossModule
+
+    assert "remove_duplicate" not in inspect.signature(LossModule.named_parameters).parameters
+    loss = _loss()
+    loss.alias = loss.actor_network  # the same parameter under a second name
+    assert [n for n, _ in loss.named_parameters()] == ["actor_network.logits"]
+    assert [n for n, _ in loss.named_parameters(remove_duplicate=False)] == ["actor_network.logits", "alias.logits"]

@@ -191,6 +191,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = _loggers(cfg, _checkpoint_logger_version(ckpt_path))
     _ddp_if_replicated(cfg, module)
     trainer: L.Trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if hasattr(module, "batch_plan") and trainer.is_global_zero:
+        log.info("%s", module.batch_plan(trainer.world_size).table())
 
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -41,6 +41,7 @@ from torchrl.objectives import ClipPPOLoss, KLPENPPOLoss, LossModule, ReinforceL
 from torchrl.objectives.value import GAE
 
 from plmods.algos.base import RLModule
+from plmods.algos.batch_plan import BatchPlan
 from plmods.algos.kl import policy_kl
 from plmods.algos.ppo_loss import K3ClipPPOLoss, K3KLPENPPOLoss
 from plmods.envs.control import ControlEnv
@@ -285,6 +286,27 @@ class ControlModule(RLModule):
     def kl_coef(self, value: float) -> None:
         self.kl_coef  # noqa: B018 (raises the same error when the loss has no beta)
         self.loss_module.beta.fill_(float(value))
+
+    def batch_plan(self, world_size: int = 1) -> BatchPlan:
+        """Envs, frames (or episodes), minibatches and optimizer steps of one iteration."""
+        plan = BatchPlan(world_size)
+        hp = self.hparams
+        plan.add("envs", self.env_factory.num_envs)
+        if hp.episodes_per_batch is not None:
+            plan.add("episodes", hp.episodes_per_batch)
+        elif hp.frames_per_update is not None:
+            plan.add("frames (at least, whole episodes)", hp.frames_per_update)
+        else:
+            plan.add("frames", self.frames_per_batch)
+        minibatch = hp.minibatch_size
+        plan.add("frames per optimizer step", minibatch if minibatch is not None else "the whole batch", summed=minibatch is not None)
+        steps = hp.epochs * (self.frames_per_batch // minibatch if minibatch else 1)
+        plan.add("optimizer steps (epochs x minibatches)", steps, summed=False)
+        plan.add("gradient accumulation", 1, summed=False)
+        iterations = -(-self.total_frames // (self.frames_per_batch * world_size))
+        plan.add("iterations in the frame budget", iterations if hp.episodes_per_batch is None and hp.frames_per_update is None
+                 else "until total_frames", summed=False)  # fmt: skip
+        return plan
 
     # ------------------------------------------------------------------ schedules
     def num_iterations(self) -> int:

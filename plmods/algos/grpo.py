@@ -31,6 +31,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from tensordict import TensorDict
 
+from plmods.algos.batch_plan import BatchPlan
 from plmods.algos.grpo_loss import AGGREGATIONS, MaskedGRPOLoss, ResponseScorer
 from plmods.algos.iteration import EVAL_SEED_OFFSET, IterationModule
 from plmods.envs.text import TextTask
@@ -154,6 +155,12 @@ class GRPOModule(IterationModule):
         require(aggregation in AGGREGATIONS, f"algo.aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}.")
         require(eval_problems >= 1, f"algo.eval_problems must be >= 1, got {eval_problems}.")
         require(eval_batch_size >= 1, f"algo.eval_batch_size must be >= 1, got {eval_batch_size}.")
+        completions = prompts_per_batch * group_size
+        require(
+            minibatch_size is None or completions % minibatch_size == 0,
+            f"algo.minibatch_size={minibatch_size} must divide the completions of a round, algo.prompts_per_batch x "
+            f"algo.group_size = {prompts_per_batch} x {group_size} = {completions} (or be null: one step per round).",
+        )
         self.reward_fns = RewardFunctions(rewards)
         names = [name for name, _, _ in self.reward_fns.terms]
         require(
@@ -278,6 +285,22 @@ class GRPOModule(IterationModule):
         if stage == "fit" and self._trainer is not None and self.global_rank > 0:
             self._prompt_rng = random.Random(self.rank_seed())
             torch.manual_seed(self.rank_seed())
+
+    def batch_plan(self, world_size: int = 1) -> BatchPlan:
+        """Prompts, completions, minibatches, optimizer steps and micro-batches of one round."""
+        plan = BatchPlan(world_size)
+        completions = self.prompts_per_batch * self.group_size
+        minibatch = self.minibatch_size or completions
+        plan.add("prompts (B)", self.prompts_per_batch)
+        plan.add("completions (B x G)", completions)
+        plan.add("completions per optimizer step", minibatch)
+        plan.add("optimizer steps (mu x minibatches)", self.num_iterations * (completions // minibatch), summed=False)
+        micro = self.micro_batch_size or minibatch
+        plan.add("micro-batches per step (accumulation)", -(-minibatch // micro), summed=False)
+        plan.add("iterations", self.total_iterations, summed=False)
+        if world_size > 1:
+            plan.notes.append(f"held-out evaluation: the same {len(self.heldout)} problems on every rank (same seed)")
+        return plan
 
     # ------------------------------------------------------------------ generation
     @property

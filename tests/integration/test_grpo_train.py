@@ -114,6 +114,7 @@ def test_grpo_resume_is_exact(run_train, tmp_path, cache, lora):
          "model.system_prompt needs model.chat_template=true"),
         (("experiment=grpo_addition", "env.prompt_template=sum"), "env.prompt_template must contain {a} and {b}, got 'sum'"),
         (("experiment=grpo_addition", "algo.micro_batch_size=0"), "algo.micro_batch_size must be >= 1 or null, got 0"),
+        (("experiment=grpo_addition", "algo.minibatch_size=5"), "algo.minibatch_size=5 must divide the completions of a round"),
         (("experiment=grpo_addition", *LM_FAST, "+algo.rewards.nan=tests.rewards_for_tests.nan_reward", "callbacks.sft_warmup.steps=0"),
          "plmods: invalid setting: reward function algo.rewards.nan (tests.rewards_for_tests.nan_reward) returned nan for completion 0"),
     ],

@@ -332,3 +332,19 @@ def test_micro_batches_accumulate_the_same_gradient_as_one_batch(aggregation):
         module.update(batch)
         grads.append(captured["grad"])
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_batch_plan_counts_one_round_per_rank_and_over_ranks():
+    module = _module(minibatch_size=8, micro_batch_size=3, num_iterations=2, total_iterations=5)
+    plan = module.batch_plan(world_size=2)
+    assert plan.as_dict() == {
+        "prompts (B)": ["4", "8"],
+        "completions (B x G)": ["16", "32"],
+        "completions per optimizer step": ["8", "16"],
+        "optimizer steps (mu x minibatches)": ["4", "4"],  # 2 passes x 16 / 8, the same on every rank
+        "micro-batches per step (accumulation)": ["3", "3"],  # 3 + 3 + 2
+        "iterations": ["5", "5"],
+    }
+    assert "the same 8 problems on every rank" in plan.table()
+    with pytest.raises(ConfigError, match=r"algo.minibatch_size=6 must divide .* = 4 x 4 = 16"):
+        _module(minibatch_size=6)

@@ -25,10 +25,11 @@ from torchrl.envs import VecNormV2
 
 from plmods.algos.iteration import EVAL_SEED_OFFSET, IterationModule
 from plmods.envs.control import ControlEnv
-from plmods.errors import require
+from plmods.errors import ConfigError, require
 from plmods.models.control import MLPActorCritic
 from plmods.rollout.collector import collector_state, load_collector_state, make_collector
 from plmods.rollout.evaluation import first_episode_returns
+from plmods.rollout.workers import WorkerCollector
 from plmods.utils import rng_state
 
 __all__ = ["RLModule"]
@@ -104,9 +105,17 @@ class RLModule(IterationModule):
         # user's own Trainer too; a resumed run restores its saved RNG before the next iteration
         seed = self.rank_seed()
         seed_everything(seed, verbose=False)
-        # Seed before the collector exists: its constructor resets the env.
-        env = self.env_factory.make(seed=seed)
-        self._collector = make_collector(env, self.actor, frames_per_batch=self.frames_per_batch)
+        if self.env_factory.workers > 1:
+            # envs stepped in torchrl worker processes (or Ray actors); the wrapper pushes the
+            # actor's weights to them before every batch
+            self._collector = WorkerCollector(
+                self.env_factory, self.actor, frames_per_batch=self.frames_per_batch,
+                workers=self.env_factory.workers, seed=seed, backend=self.env_factory.backend,
+            )  # fmt: skip
+        else:
+            # Seed before the collector exists: its constructor resets the env.
+            env = self.env_factory.make(seed=seed)
+            self._collector = make_collector(env, self.actor, frames_per_batch=self.frames_per_batch)
         self._collector_iter = iter(self._collector)
 
     def budget_spent(self) -> bool:
@@ -123,12 +132,14 @@ class RLModule(IterationModule):
     def teardown(self, stage: str) -> None:
         if self._collector is not None:
             # keep the observation statistics: an evaluation after fit must see the trained ones
-            self._env_transform_state = self._collector.env.transform.state_dict()
+            self._env_transform_state = self._training_transform_state()
             self._collector.shutdown()
             self._collector = self._collector_iter = None
 
     def _training_transform_state(self) -> dict[str, Any] | None:
         """The training env's transform state (e.g. VecNorm statistics), during or after fit."""
+        if isinstance(self._collector, WorkerCollector):
+            return None  # per-worker statistics: obs_norm is refused with workers (ControlEnv)
         if self._collector is not None:
             return self._collector.env.transform.state_dict()
         return self._env_transform_state
@@ -275,6 +286,9 @@ class RLModule(IterationModule):
     # ------------------------------------------------------------------ checkpoints
     def _collector_state(self) -> dict[str, Any]:
         assert self._collector is not None
+        if isinstance(self._collector, WorkerCollector):
+            # the workers' running episodes stay in their processes: a resumed run starts new ones
+            return {"workers": self._collector.state_dict(), "rng": rng_state()}
         return {**collector_state(self._collector), "rng": rng_state()}
 
     def checkpoint_state(self) -> dict[str, Any]:
@@ -287,6 +301,11 @@ class RLModule(IterationModule):
         state = self.own_rank_state(saved["per_rank"])
         if state is None or self._collector is None:
             return
-        load_collector_state(self._collector, state)
+        if isinstance(self._collector, WorkerCollector) != ("workers" in state):
+            raise ConfigError("env.workers differs between the checkpoint and this run (1 vs more); resume with the same setting.")
+        if isinstance(self._collector, WorkerCollector):
+            self._collector.load_state_dict(state["workers"])
+        else:
+            load_collector_state(self._collector, state)
         # Lightning may draw from the global RNG between restore and the first iteration
         self._pending_rng = state["rng"]

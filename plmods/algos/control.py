@@ -158,6 +158,11 @@ class ControlModule(RLModule):
             f"frames_per_update must be >= 1, got {frames_per_update}.",
         )
         require(epochs >= 1, f"epochs must be >= 1, got {epochs}.")
+        require(
+            not episodes or env.workers == 1,
+            f"env.workers={env.workers} needs fixed-size batches: episode batches (episodes_per_batch, "
+            "frames_per_update) reset every env between batches, which the worker processes do not.",
+        )
         if episodes:
             require(
                 minibatch_size is None,

@@ -51,6 +51,10 @@ class ControlEnv:
         reward_scale: multiply rewards seen by the learner (returns are reported unscaled).
         solved_threshold: evaluation return at which the task counts as solved (``None``: never).
         max_episode_steps: override gymnasium's time limit (``None``: keep the registered one).
+        workers: processes stepping the envs (``num_envs / workers`` each) through torchrl's
+            multi-process collector (``plmods.rollout.workers``); 1: in the training process.
+        backend: ``"process"`` (torchrl ``MultiSyncCollector``) or ``"ray"`` (torchrl's Ray
+            collector on a local Ray cluster; needs ``pip install ray``) when ``workers > 1``.
     """
 
     def __init__(
@@ -61,6 +65,8 @@ class ControlEnv:
         reward_scale: float = 1.0,
         solved_threshold: float | None = None,
         max_episode_steps: int | None = None,
+        workers: int = 1,
+        backend: str = "process",
     ) -> None:
         check_env_id(env_id)
         if num_envs < 1:
@@ -73,6 +79,17 @@ class ControlEnv:
         self.reward_scale = reward_scale
         self.solved_threshold = solved_threshold
         self.max_episode_steps = max_episode_steps
+        if workers < 1 or num_envs % workers:
+            raise ConfigError(f"workers={workers} must be >= 1 and divide num_envs={num_envs} (each worker steps num_envs / workers envs).")
+        if backend not in ("process", "ray"):
+            raise ConfigError(f"backend={backend!r} must be 'process' or 'ray'.")
+        if workers > 1 and obs_norm:
+            raise ConfigError(
+                f"obs_norm=true with workers={workers}: each worker would normalise with its own running statistics "
+                "and evaluation could not use them; set workers=1 or obs_norm=false."
+            )
+        self.workers = workers
+        self.backend = backend
 
     def __repr__(self) -> str:
         return f"ControlEnv({self.env_id!r}, num_envs={self.num_envs}, obs_norm={self.obs_norm})"

@@ -82,3 +82,16 @@ def test_wandb_offline_without_key(run_train):
 def test_tensorboard_logger(run_train):
     run = run_train(*PPO_FAST, "logger=tensorboard")
     assert list((run.run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_env_workers_collect_through_train_py(run_train, tmp_path):
+    """Envs stepped in 2 torchrl worker processes: the run trains, counts every frame and
+    resumes its counters from a checkpoint (the workers start new episodes)."""
+    part = run_train(*PPO_FAST, "logger=none", "env.workers=2", "trainer.max_epochs=2", run_dir=tmp_path / "part")
+    assert part.summary["frames"] == 128 and part.summary["iterations"] == 2
+    ckpt = part.run_dir / "checkpoints" / "last.ckpt"
+    assert "workers" in torch.load(ckpt, weights_only=False)["plmods"]["per_rank"][0]
+    run = run_train(*PPO_FAST, "logger=none", "env.workers=2", f"ckpt_path={ckpt}", run_dir=tmp_path / "resumed")
+    assert run.summary["frames"] == 256 and run.summary["iterations"] == 4
+    bad = run_train("algo=reinforce", "env.workers=2", "logger=none", expect_ok=False)
+    assert bad.proc.returncode == 2 and "env.workers=2 needs fixed-size batches" in bad.output

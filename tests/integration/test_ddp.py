@@ -1,7 +1,7 @@
 """Every algorithm on 2 CPU processes (gloo) under DDP (`trainer=ddp_sim`) and FSDP2
 (`trainer=fsdp_sim`): ranks hold identical models (full-state hash compare by the RankConsistency
-callback), draw their own data, count all ranks' frames, and a stopped run resumed under the same
-strategy ends exactly where the uninterrupted one does."""
+callback), draw their own data, count all ranks' frames, and a run whose rank 0 is killed mid-iteration,
+resumed under the same strategy, ends exactly where the uninterrupted one does."""
 
 import json
 
@@ -25,12 +25,15 @@ def _meta(run) -> dict:
     return torch.load(path / "meta.pt" if path.is_dir() else path, weights_only=False)
 
 
-def _stop_and_resume(run_train, tmp_path, args, stop_after):
-    """(uninterrupted run, run resumed from a run stopped after ``stop_after`` iterations)."""
+def _kill_and_resume(run_train, tmp_path, args, kill_at):
+    """(uninterrupted run, run resumed from a run whose rank 0 was SIGKILLed in the middle of
+    iteration ``kill_at``: after collecting, before its updates)."""
     full = run_train(*args, run_dir=tmp_path / "full")
-    part = run_train(*args, f"trainer.max_epochs={stop_after}", run_dir=tmp_path / "part")
-    assert part.summary["iterations"] == stop_after
-    ckpt = part.run_dir / "checkpoints" / "last.ckpt"
+    kill = f"+callbacks.kill={{_target_: tests.callbacks_for_tests.KillAtIteration, iteration: {kill_at}}}"
+    killed = run_train(*args, kill, run_dir=tmp_path / "killed", expect_ok=False)
+    assert killed.proc.returncode != 0 and not (killed.run_dir / "summary.json").exists()
+    ckpt = killed.run_dir / "checkpoints" / "last.ckpt"
+    assert _meta(killed)["plmods"]["iteration"] == kill_at  # the last finished iteration's checkpoint
     resumed = run_train(*args, f"ckpt_path={ckpt}", run_dir=tmp_path / "resumed")
     return full, resumed
 
@@ -45,7 +48,7 @@ def _assert_same_end(full, resumed):
 
 def test_ppo_ddp_ranks_collect_separately_agree_and_resume_exactly(run_train, tmp_path):
     args = (*PPO_FAST, "trainer=ddp_sim", "logger=none", "algo.total_frames=512", CHECK)
-    full, resumed = _stop_and_resume(run_train, tmp_path, args, stop_after=2)
+    full, resumed = _kill_and_resume(run_train, tmp_path, args, kill_at=2)
     # frames count both ranks: 4 iterations x 64 frames x 2 ranks
     assert full.summary["frames"] == resumed.summary["frames"] == 512
     assert full.summary["iterations"] == resumed.summary["iterations"] == 4
@@ -66,7 +69,7 @@ def test_reinforce_ddp_ranks_agree(run_train):
 def test_ppo_kl_under_the_fsdp_preset_runs_as_ddp_adapts_one_beta_and_resumes_exactly(run_train, tmp_path):
     args = (*PPO_FAST, "algo=ppo_kl", "trainer=fsdp_sim", "logger=none", "algo.total_frames=512",
             "callbacks=[default,adaptive_kl,rank_consistency]")  # fmt: skip
-    full, resumed = _stop_and_resume(run_train, tmp_path, args, stop_after=2)
+    full, resumed = _kill_and_resume(run_train, tmp_path, args, kill_at=2)
     # nothing to shard in an MLP: the preset's ModelParallelStrategy becomes DDP (logged)
     assert full.summary["config"]["trainer"]["strategy"]["_target_"].endswith("DDPStrategy")
     assert "has nothing to shard: trainer.strategy runs as DDP (gloo)" in full.output
@@ -98,7 +101,7 @@ def test_grpo_fsdp_shards_syncs_the_reference_and_resumes_exactly(run_train, tmp
         # LoRA: the unsharded checkpoint form (one file, gathered on rank 0)
         *(("model.lora.r=4", "trainer.strategy.save_distributed_checkpoint=false") if lora else ()),
     )  # fmt: skip
-    full, resumed = _stop_and_resume(run_train, tmp_path, args, stop_after=2)
+    full, resumed = _kill_and_resume(run_train, tmp_path, args, kill_at=2)
     ckpt = full.run_dir / "checkpoints" / "last.ckpt"
     assert ckpt.is_file() if lora else (ckpt / "meta.pt").is_file()
     meta = _meta(full)

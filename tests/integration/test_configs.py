@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import instantiate
 from lightning import Trainer
 
@@ -66,8 +67,22 @@ def test_env_options_instantiate(compose_cfg, env):
 def test_trainer_options_compose(compose_cfg, trainer):
     cfg = compose_cfg(f"trainer={trainer}")
     assert cfg.trainer._target_ == "lightning.Trainer"
-    if trainer == "default":
+    gpu = cfg.trainer.accelerator == "gpu"
+    if trainer in ("default", "cpu") or (gpu and torch.cuda.is_available()):
         assert isinstance(instantiate(cfg.trainer, logger=False), Trainer)
+    elif not gpu:  # the CPU presets build their strategy here (processes start only in fit)
+        strategy = instantiate(cfg.trainer.strategy)
+        assert type(strategy).__name__ in ("DDPStrategy", "ModelParallelStrategy")
+        assert cfg.trainer.devices == 2 and strategy.process_group_backend in (None, "gloo")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("trainer", ["gpu", "fsdp"])
+def test_gpu_presets_train_grpo(run_train, trainer, tmp_path):
+    run = run_train("experiment=grpo_addition", "debug=fast_lm", f"trainer={trainer}", "logger=none",
+                    f"callbacks.sft_warmup.cache_dir={tmp_path / 'sft'}")  # fmt: skip
+    assert run.summary["iterations"] == 4
 
 
 @pytest.mark.parametrize("logger", _options("logger"))

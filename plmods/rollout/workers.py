@@ -154,7 +154,12 @@ class WorkerCollector:
         self.policy, self.backend, self.auto_push = policy, backend, auto_push
         self.num_envs, self.workers = env_factory.num_envs, workers
         self.collector = make_worker_collector(
-            env_factory, policy, frames_per_batch=frames_per_batch, workers=workers, seed=seed, backend=backend
+            env_factory,
+            policy,
+            frames_per_batch=frames_per_batch,
+            workers=workers,
+            seed=seed,
+            backend=backend,
         )
         self._iter = iter(self.collector)
         self.update_weights()  # Ray's weight sync starts at the first push

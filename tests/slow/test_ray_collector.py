@@ -28,7 +28,9 @@ def test_ray_workers_collect_and_follow_pushed_weights():
     actor, _ = MLPActorCritic().build(factory.make(num_envs=1))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        collector = WorkerCollector(factory, actor, frames_per_batch=64, workers=2, seed=3, backend="ray", auto_push=False)
+        collector = WorkerCollector(
+            factory, actor, frames_per_batch=64, workers=2, seed=3, backend="ray", auto_push=False
+        )
         first, second = collector.next_batch(), collector.next_batch()
         for batch in (first, second):
             assert batch.batch_size == torch.Size([4, 16])

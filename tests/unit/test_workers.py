@@ -81,7 +81,9 @@ def test_collector_state_round_trip(cartpole):
 def test_weight_updates_reach_the_workers():
     factory = ControlEnv("CartPole-v1", num_envs=4)
     actor = build_actor(factory)
-    with WorkerCollector(factory, actor, frames_per_batch=FRAMES, workers=2, seed=0, auto_push=False) as collector:
+    with WorkerCollector(
+        factory, actor, frames_per_batch=FRAMES, workers=2, seed=0, auto_push=False
+    ) as collector:
         first = collector.next_batch()["action"]
         assert 0 < first.float().mean() < 1  # the initial policy is near-uniform
         # the workers run on the policy's own parameters, moved into shared memory:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import resource
 import time
 import warnings
 from collections.abc import Iterator
@@ -167,6 +168,8 @@ def summarize(module: Any, cfg: DictConfig, process_s: float) -> dict[str, Any]:
         "iterations": module.iteration,
         "wall_s": round(module.train_seconds, 3),
         "process_s": round(process_s, 3),
+        # every rank's peak resident memory (a collective under DDP/FSDP: every rank summarizes)
+        "peak_rss_gb": [round(kb / 1024**2, 3) for kb in module.gather_per_rank(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)],
         **module.summary(),
         "monitor": {"key": monitor, "best": max(monitored) if monitored else None},
         "val_history": module.val_history,

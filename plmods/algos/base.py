@@ -34,6 +34,8 @@ from plmods.utils import rng_state
 
 __all__ = ["RLModule"]
 
+RESUME_SEED_OFFSET = 7_919  # env workers of a resumed segment: seed + offset * iteration
+
 
 class RLModule(IterationModule):
     """Base of ``ControlModule``: collector and env lifecycle, evaluation, frame budget, resume.
@@ -106,17 +108,20 @@ class RLModule(IterationModule):
         seed = self.rank_seed()
         seed_everything(seed, verbose=False)
         if self.env_factory.workers > 1:
-            # envs stepped in torchrl worker processes (or Ray actors); the wrapper pushes the
-            # actor's weights to them before every batch
-            self._collector = WorkerCollector(
-                self.env_factory, self.actor, frames_per_batch=self.frames_per_batch,
-                workers=self.env_factory.workers, seed=seed, backend=self.env_factory.backend,
-            )  # fmt: skip
+            self._collector = self._make_workers(seed)
         else:
             # Seed before the collector exists: its constructor resets the env.
             env = self.env_factory.make(seed=seed)
             self._collector = make_collector(env, self.actor, frames_per_batch=self.frames_per_batch)
         self._collector_iter = iter(self._collector)
+
+    def _make_workers(self, seed: int) -> WorkerCollector:
+        """Envs stepped in torchrl worker processes (or Ray actors); the wrapper pushes the
+        actor's weights to them before every batch."""
+        return WorkerCollector(
+            self.env_factory, self.actor, frames_per_batch=self.frames_per_batch,
+            workers=self.env_factory.workers, seed=seed, backend=self.env_factory.backend,
+        )  # fmt: skip
 
     def budget_spent(self) -> bool:
         return self.frames >= self.total_frames
@@ -304,6 +309,11 @@ class RLModule(IterationModule):
         if isinstance(self._collector, WorkerCollector) != ("workers" in state):
             raise ConfigError("env.workers differs between the checkpoint and this run (1 vs more); resume with the same setting.")
         if isinstance(self._collector, WorkerCollector):
+            # the workers' episodes cannot be restored: rebuilt with seeds of their own for this
+            # segment, a resumed run does not replay the first segment's episode starts
+            self._collector.shutdown()
+            self._collector = self._make_workers(self.rank_seed() + RESUME_SEED_OFFSET * self.iteration)
+            self._collector_iter = iter(self._collector)
             self._collector.load_state_dict(state["workers"])
         else:
             load_collector_state(self._collector, state)

@@ -132,3 +132,27 @@ def test_fsdp_trains_the_same_policy_as_ddp(run_train, tmp_path):
     start = load_file(start_file)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
     assert max(float((a[k] - start[k]).abs().max()) for k in a) > 1e-4
+
+
+def test_a_control_module_refuses_model_parallel_strategy_in_a_users_own_trainer(tmp_path):
+    """Outside train.py (which turns trainer=fsdp into DDP for it) a control module under
+    ModelParallelStrategy says what to use instead, before any training."""
+    import subprocess
+    import sys
+
+    script = (
+        "import lightning as L\n"
+        "from lightning.pytorch.strategies import ModelParallelStrategy\n"
+        "from plmods.algos import ControlModule\n"
+        "from plmods.envs import ControlEnv\n"
+        "from plmods.errors import ConfigError\n"
+        "module = ControlModule.ppo(ControlEnv('CartPole-v1', num_envs=4), frames_per_batch=64, minibatch_size=32)\n"
+        "trainer = L.Trainer(accelerator='cpu', devices=1, logger=False, enable_progress_bar=False,\n"
+        "                    strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1))\n"
+        "try:\n"
+        "    trainer.fit(module)\n"
+        "except ConfigError as err:\n"
+        "    print('refused:', err)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "refused: ControlModule replicates its networks (nothing to shard): use DDPStrategy" in proc.stdout, proc.stderr[-2000:]

@@ -119,3 +119,25 @@ def test_bad_settings_raise_config_error(settings, named):
         WorkerCollector(factory, nn.Identity(), **kwargs)
     if "workers" in settings and settings["workers"] == 3:
         assert "num_envs=4" in str(info.value)
+
+
+def test_a_resumed_control_module_reseeds_its_workers():
+    """The workers' episodes cannot be restored: a resumed module rebuilds its workers with seeds
+    of its own, so it does not replay the first segment's episode starts."""
+    from plmods.algos import ControlModule
+
+    def started(iteration: int | None):
+        module = ControlModule.ppo(ControlEnv("CartPole-v1", num_envs=4, workers=2), frames_per_batch=FRAMES, minibatch_size=32)
+        module.setup("fit")
+        try:
+            if iteration is not None:
+                saved = module.checkpoint_state()
+                saved["iteration"] = iteration
+                module.load_checkpoint_state(saved)
+            return module._collector.next_batch()["observation"][:, 0]
+        finally:
+            module.teardown("fit")
+
+    fresh, again, resumed = started(None), started(None), started(2)
+    assert torch.equal(fresh, again)  # seeded: the same starts for the same segment
+    assert not torch.equal(fresh, resumed)

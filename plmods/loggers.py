@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from plmods.errors import ConfigError
 
-__all__ = ["frames_as_x_axis", "resolve_wandb_mode", "wandb_logger"]
+__all__ = ["resolve_wandb_mode", "set_x_axis", "wandb_logger"]
 
 log = logging.getLogger(__name__)
 _MODES = ("auto", "online", "offline", "disabled")
@@ -102,11 +102,13 @@ def wandb_logger(
     )
 
 
-def frames_as_x_axis(logger: WandbLogger) -> None:
-    """Plot plmods metrics against environment frames (RL's x-axis) instead of optimizer steps."""
+def set_x_axis(logger: WandbLogger, step_metric: str) -> None:
+    """Plot plmods metrics against ``step_metric`` instead of optimizer steps: ``frames`` for the
+    control modules (RL's x-axis), ``iteration`` for GRPO (which has no frames; against
+    ``frames`` its metrics all landed at x = 0). Each module names its own (``x_axis``)."""
     experiment = logger.experiment
     if not hasattr(experiment, "define_metric"):  # rank > 0 gets a dummy experiment
         return
-    experiment.define_metric("frames")
+    experiment.define_metric(step_metric)
     for prefix in ("train", "val", "perf"):
-        experiment.define_metric(f"{prefix}/*", step_metric="frames", step_sync=True)
+        experiment.define_metric(f"{prefix}/*", step_metric=step_metric, step_sync=True)

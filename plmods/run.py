@@ -26,8 +26,8 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from plmods.errors import ConfigError
-from plmods.loggers import frames_as_x_axis
-from plmods.utils import configure_torch, quiet_known_warnings
+from plmods.loggers import set_x_axis
+from plmods.utils import configure_torch, quiet_console, quiet_known_warnings
 
 __all__ = ["train"]
 
@@ -177,11 +177,27 @@ def summarize(module: Any, cfg: DictConfig, process_s: float) -> dict[str, Any]:
     }
 
 
+def _check_top_level(cfg: DictConfig) -> None:
+    """Settings no class checks for us: the thread count and the trainer's evaluation interval
+    (Lightning divides by it)."""
+    threads = cfg.get("num_threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"num_threads={threads!r} must be an integer >= 1 (torch intra-op threads) or null (torch's default).")
+    every = cfg.trainer.get("check_val_every_n_epoch")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ConfigError(
+            f"trainer.check_val_every_n_epoch={every!r} must be an integer >= 1 (iterations between evaluations) "
+            "or null (no evaluation during training)."
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the configured module; return the summary (also written to ``<output_dir>/summary.json``)."""
     process_start = time.perf_counter()
+    _check_top_level(cfg)
     configure_torch(cfg.get("num_threads"))
     quiet_known_warnings()
+    quiet_console()
     ckpt_path = cfg.get("ckpt_path")
     _check_ckpt_path(ckpt_path)
     L.seed_everything(cfg.seed, verbose=False)
@@ -200,7 +216,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         if isinstance(logger, WandbLogger):
-            frames_as_x_axis(logger)
+            set_x_axis(logger, getattr(module, "x_axis", "frames"))
 
     # plmods checkpoints hold pickled env state and RNG states: load them as the trusted files they are
     with _trusted_loads_after_setup(trainer, ckpt_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import shutil
@@ -38,6 +39,31 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
+
+
+def quiet_console() -> None:
+    """Each log line once, and no tips a user cannot act on (``train.py`` only: a user's own
+    program keeps its logging as it is). The ``lightning`` package adds its own console handler
+    and still propagates to the root logger, which Hydra has given a handler: every Lightning
+    line was printed twice."""
+    root = logging.getLogger()
+    lightning_logger = logging.getLogger("lightning")
+    if root.handlers:
+        for handler in list(lightning_logger.handlers):
+            if type(handler) is logging.StreamHandler:  # its console handler, not a user's file handler
+                lightning_logger.removeHandler(handler)
+    # Lightning's advertisement for its cloud logger, printed on every Trainer construction
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropMessages("litlogger"))
 
 
 def quiet_known_warnings() -> None:

@@ -54,6 +54,7 @@ class RLModule(IterationModule):
     """
 
     val_metrics = ("val/episode_return", "val/episode_return_std")
+    x_axis = "frames"  # RL's x-axis: environment frames over all ranks
 
     def __init__(
         self,

@@ -38,6 +38,8 @@ class IterationModule(LightningModule):
 
     # validation metrics a checkpoint or early-stopping callback may monitor
     val_metrics: tuple[str, ...] = ()
+    # the metric loggers plot against (W&B define_metric): logged with every iteration's metrics
+    x_axis: str = "iteration"
     # whether configure_model shards parameters under ModelParallelStrategy (else: replicated)
     shards_parameters: bool = False
 

@@ -25,6 +25,10 @@ import pytest
         (["callbacks=[default,adaptive_kl]", "callbacks.adaptive_kl.target_kl=0"], "callbacks.adaptive_kl.target_kl must be > 0"),
         (["callbacks=[default,adaptive_kl]"], "callbacks.adaptive_kl needs a KL coefficient to adapt"),
         (["ckpt_path=/no/such/last.ckpt"], "ckpt_path='/no/such/last.ckpt' does not exist"),
+        (["num_threads=0"], "num_threads=0 must be an integer >= 1"),
+        (["num_threads=-1"], "num_threads=-1 must be an integer >= 1"),
+        (["num_threads=two"], "num_threads='two' must be an integer >= 1"),
+        (["trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch=0 must be an integer >= 1"),
     ],
 )
 def test_invalid_setting(run_train, overrides, message):
@@ -48,3 +52,9 @@ def test_unknown_key_is_rejected(run_train):
     run = run_train("debug=fast", "algo.clip_epsylon=0.1", expect_ok=False)
     assert run.proc.returncode != 0
     assert "clip_epsylon" in run.output
+
+
+def test_each_console_line_once_and_no_tips(run_train):
+    run = run_train("debug=fast", "logger=none")
+    assert run.output.count("GPU available: False") == 1  # Lightning's own handler and Hydra's printed it twice
+    assert "litlogger" not in run.output

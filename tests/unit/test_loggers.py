@@ -44,3 +44,19 @@ def test_logger_is_offline_and_keeps_given_id(tmp_path):
     assert logger._offline
     assert logger._wandb_init["id"] == "abc123"
     assert logger._wandb_init["resume"] == "allow"
+
+
+def test_each_module_plots_against_its_own_x_axis():
+    """Control metrics against frames, GRPO's against iterations (against frames, which GRPO
+    never logs, every GRPO point landed at x = 0)."""
+    from types import SimpleNamespace
+
+    from plmods.algos import ControlModule, GRPOModule
+    from plmods.loggers import set_x_axis
+
+    assert (ControlModule.x_axis, GRPOModule.x_axis) == ("frames", "iteration")
+    calls = []
+    logger = SimpleNamespace(experiment=SimpleNamespace(define_metric=lambda *a, **k: calls.append((a, k))))
+    set_x_axis(logger, GRPOModule.x_axis)
+    assert calls[0] == (("iteration",), {})
+    assert {a[0]: k["step_metric"] for a, k in calls[1:]} == {"train/*": "iteration", "val/*": "iteration", "perf/*": "iteration"}

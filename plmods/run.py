@@ -102,11 +102,28 @@ def _loggers(cfg: DictConfig, resume_version: str | None) -> list[Logger]:
         if node is None or "_target_" not in node:
             continue
         kwargs = {}
+        if node._target_.endswith("wandb_logger"):
+            kwargs.update(_sweep_job_naming(node))
         if resume_version and node._target_.endswith("wandb_logger"):
             kwargs["id"] = resume_version  # continue the same W&B run
         loggers.append(_instantiate(node, f"logger.{name}", **kwargs))
         log.info("logger %s: %s", name, type(loggers[-1]).__name__)
     return loggers
+
+
+def _sweep_job_naming(node: DictConfig) -> dict[str, str]:
+    """In a ``-m`` sweep each job is its own W&B run: named ``<name>-<job number>`` and grouped
+    by the sweep directory (unless the config names a group)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return {}
+    hydra = HydraConfig.get()
+    naming = {"name": f"{node.get('name') or hydra.job.name}-{hydra.job.num}"}
+    if not node.get("group"):
+        naming["group"] = Path(hydra.sweep.dir).name
+    return naming
 
 
 def _callbacks(cfg: DictConfig) -> list[L.Callback]:
@@ -237,4 +254,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update({"solved": summary.get("solved"), "iterations": summary["iterations"]})
         logger.finalize("success")
+        if isinstance(logger, WandbLogger) and hasattr(logger.experiment, "finish"):
+            # WandbLogger.finalize leaves the run open: the next job of a -m sweep (same process)
+            # would get this run back from wandb.init and log into it
+            logger.experiment.finish()
     return summary

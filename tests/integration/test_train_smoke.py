@@ -72,6 +72,18 @@ def test_multirun_sweep(run_train, tmp_path):
     assert lrs == [0.001, 0.003]
 
 
+def test_a_wandb_sweep_gives_each_job_its_own_run(run_train, tmp_path):
+    sweep = tmp_path / "sweep"
+    run = run_train("-m", *PPO_FAST, "logger=wandb", "algo.lr=0.001,0.003", f"hydra.sweep.dir={sweep}",
+                    env={"WANDB_DIR": ""})  # fmt: skip
+    runs = sorted(sweep.glob("*/wandb/offline-run-*"))
+    assert len(runs) == 2, run.output[-2000:]
+    ids = {path.name.rsplit("-", 1)[-1] for path in runs}
+    assert len(ids) == 2  # one W&B run per job, not the first job's run reused
+    versions = {torch.load(p, weights_only=False)["plmods"]["logger_version"] for p in sweep.glob("*/checkpoints/last.ckpt")}
+    assert versions == ids
+
+
 def test_wandb_offline_without_key(run_train):
     run = run_train(*PPO_FAST, "logger=wandb", env={"WANDB_DIR": ""})
     offline_runs = list((run.run_dir / "wandb").glob("offline-run-*"))

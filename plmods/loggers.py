@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import netrc
 import os
-import socket
-from typing import Any
+import urllib.error
+import urllib.request
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger
@@ -34,31 +35,39 @@ def _has_api_key(host: str) -> bool:
         return False
 
 
-def _reachable(host: str, port: int, timeout: float) -> bool:
+def _reachable(base_url: str, timeout: float) -> bool:
+    """The W&B server answers HTTP within ``timeout`` (any status counts). A TCP connect alone
+    proves nothing: behind a transparent proxy every address accepts, and wandb then waits ~95 s."""
     try:
-        with socket.create_connection((host, port), timeout=timeout):
+        with urllib.request.urlopen(urllib.request.Request(base_url, method="HEAD"), timeout=timeout):
             return True
-    except OSError:
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):  # URLError, timeouts, resets, TLS failures
         return False
 
 
 def resolve_wandb_mode(mode: str = "auto", timeout: float = 2.0) -> str:
-    """``online``/``offline``/``disabled`` as asked; ``auto``: ``WANDB_MODE`` if set, else online
-    only with an API key and a server answering within ``timeout`` seconds."""
+    """The mode the run can log in. ``offline``/``disabled`` as asked; ``online`` and ``auto``
+    (``WANDB_MODE`` when set, else online) go online only with an API key and a server answering
+    within ``timeout`` seconds, and otherwise fall back to offline with one line saying so
+    (wandb itself would prompt, raise, or retry for about 95 s)."""
     if mode not in _MODES:
-        raise ConfigError(f"logger.mode={mode!r} is not one of {list(_MODES)}.")
-    if mode != "auto":
+        raise ConfigError(f"mode={mode!r} is not one of {list(_MODES)}.")
+    if mode == "auto":
+        env_mode = os.environ.get("WANDB_MODE")
+        mode = {"dryrun": "offline", "run": "online"}.get(env_mode or "", env_mode or "online")
+        if mode not in _MODES:
+            raise ConfigError(f"WANDB_MODE={env_mode!r} is not one of online, offline, disabled, dryrun.")
+    if mode != "online":
         return mode
-    env_mode = os.environ.get("WANDB_MODE")
-    if env_mode in ("online", "offline", "disabled", "dryrun"):
-        return "offline" if env_mode == "dryrun" else env_mode
-    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-    host = url.hostname or "api.wandb.ai"
+    base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    host = urlparse(base_url).hostname or "api.wandb.ai"
     if not _has_api_key(host):
-        log.info("W&B: no API key found, logging offline (upload later with `wandb sync`).")
+        log.warning("W&B: no API key found (wandb login, or WANDB_API_KEY): logging offline; upload later with `wandb sync`.")
         return "offline"
-    if not _reachable(host, url.port or 443, timeout):
-        log.info("W&B: %s unreachable, logging offline (upload later with `wandb sync`).", host)
+    if not _reachable(base_url, timeout):
+        log.warning("W&B: %s did not answer within %.0f s: logging offline; upload later with `wandb sync`.", host, timeout)
         return "offline"
     return "online"
 
@@ -66,7 +75,7 @@ def resolve_wandb_mode(mode: str = "auto", timeout: float = 2.0) -> str:
 def wandb_logger(
     project: str = "plmods",
     save_dir: str = ".",
-    mode: str = "auto",
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto",
     name: str | None = None,
     id: str | None = None,  # noqa: A002 - wandb's own argument name
     group: str | None = None,
@@ -88,6 +97,9 @@ def wandb_logger(
     """
     resolved = resolve_wandb_mode(mode)
     os.environ.setdefault("WANDB_SILENT", "true")
+    # the mode decided here is final: wandb must not override it from WANDB_MODE (online -> offline fallback)
+    if os.environ.get("WANDB_MODE") and os.environ["WANDB_MODE"] != resolved:
+        os.environ["WANDB_MODE"] = resolved
     return WandbLogger(
         project=project,
         save_dir=save_dir,

@@ -6,25 +6,21 @@ and writes ``summary.json`` into the run's output directory.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import re
 import resource
 import time
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from plmods.checkpoint import check_checkpoint, read_checkpoint
 from plmods.errors import ConfigError
 from plmods.loggers import set_x_axis
 from plmods.utils import configure_torch, quiet_console, quiet_known_warnings
@@ -59,28 +55,6 @@ def _instantiate(node: Any, path: str | None = None, **kwargs: Any) -> Any:
         if cause is not None:
             raise _in_config_terms(cause, path, node) from None
         raise
-
-
-def _checkpoint_logger_version(ckpt_path: str | None) -> str | None:
-    if not ckpt_path:
-        return None
-    path = Path(ckpt_path)
-    # a sharded checkpoint (trainer=fsdp) is a directory; everything but weights and optimizer
-    # state is in its meta.pt (Lightning's layout)
-    checkpoint = torch.load(path / "meta.pt" if path.is_dir() else path, map_location="cpu", weights_only=False)
-    return checkpoint.get("plmods", {}).get("logger_version")
-
-
-def _check_ckpt_path(ckpt_path: str | None) -> None:
-    if not ckpt_path:
-        return
-    path = Path(ckpt_path)
-    if not (path.is_file() or (path / "meta.pt").is_file()):
-        raise ConfigError(
-            f"ckpt_path={ckpt_path!r} does not exist. Pass the path of a .ckpt file (or, after "
-            "trainer=fsdp, a .ckpt directory) written by a previous run (e.g. <run dir>/checkpoints/last.ckpt), "
-            "or leave ckpt_path unset."
-        )
 
 
 def _check_monitor(cfg: DictConfig) -> None:
@@ -151,29 +125,6 @@ def _ddp_if_replicated(cfg: DictConfig, module: Any) -> None:
     )
 
 
-@contextlib.contextmanager
-def _trusted_loads_after_setup(trainer: L.Trainer, ckpt_path: str | None) -> Iterator[None]:
-    """Lightning 2.6 drops ``fit(weights_only=...)`` for strategies that restore after setup
-    (``ModelParallelStrategy``: ``Trainer._run`` calls ``_restore_modules_and_callbacks(ckpt_path)``
-    without it), so torch's weights-only default refuses plmods' own checkpoint metadata. Inside
-    the block a load that names no ``weights_only`` is a full load, as ``fit`` was asked; tested
-    by the FSDP resume tests."""
-    if not ckpt_path or not trainer.strategy.restore_checkpoint_after_setup:
-        yield
-        return
-    previous = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
-    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
-            yield
-    finally:
-        if previous is None:
-            del os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"]
-        else:
-            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = previous
-
-
 def summarize(module: Any, cfg: DictConfig, process_s: float) -> dict[str, Any]:
     """The run's headline numbers (written to ``summary.json``): what every run has, then the
     module's own (``module.summary()``: returns for control, accuracy before/after for GRPO)."""
@@ -216,15 +167,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     quiet_known_warnings()
     quiet_console()
     ckpt_path = cfg.get("ckpt_path")
-    _check_ckpt_path(ckpt_path)
+    checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None  # readable, written by plmods
     L.seed_everything(cfg.seed, verbose=False)
 
     _check_monitor(cfg)
     env = _instantiate(cfg.env, "env")
     model = _instantiate(cfg.model, "model")
     module = _instantiate(cfg.algo, "algo", env=env, model=model)
+    if checkpoint is not None:  # same algorithm, env and (control: built already) network shapes
+        check_checkpoint(checkpoint, module=module)
     callbacks = _callbacks(cfg)
-    loggers = _loggers(cfg, _checkpoint_logger_version(ckpt_path))
+    loggers = _loggers(cfg, checkpoint["plmods"].get("logger_version") if checkpoint else None)
     _ddp_if_replicated(cfg, module)
     trainer: L.Trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if hasattr(module, "batch_plan") and trainer.is_global_zero:
@@ -235,9 +188,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(logger, WandbLogger):
             set_x_axis(logger, getattr(module, "x_axis", "frames"))
 
-    # plmods checkpoints hold pickled env state and RNG states: load them as the trusted files they are
-    with _trusted_loads_after_setup(trainer, ckpt_path):
-        trainer.fit(module, ckpt_path=ckpt_path, weights_only=False)
+    # plmods checkpoints hold tensors and plain data only: Lightning's weights-only load (plmods.checkpoint)
+    trainer.fit(module, ckpt_path=ckpt_path)
     last_eval = module.val_history[-1]["iteration"] if module.val_history else None
     if last_eval != module.iteration and not trainer.interrupted:
         trainer.validate(module, verbose=False)  # the final policy always gets evaluated

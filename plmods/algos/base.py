@@ -290,6 +290,9 @@ class RLModule(IterationModule):
         )
 
     # ------------------------------------------------------------------ checkpoints
+    def env_name(self) -> str:
+        return self.env_factory.env_id
+
     def _collector_state(self) -> dict[str, Any]:
         assert self._collector is not None
         if isinstance(self._collector, WorkerCollector):

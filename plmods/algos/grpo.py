@@ -569,6 +569,9 @@ class GRPOModule(IterationModule):
         self.trainer.strategy.barrier("save_policy")
 
     # ------------------------------------------------------------------ checkpoints
+    def env_name(self) -> str:
+        return self.task.name
+
     def checkpoint_state(self) -> dict[str, Any]:
         per_rank = self.gather_per_rank({"rng": rng_state(), "prompt_rng": self._prompt_rng.getstate()})
         return {**super().checkpoint_state(), "per_rank": per_rank, "kl_coef": self._kl_coef, "last_samples": self.last_samples}

@@ -22,6 +22,7 @@ from lightning import LightningModule
 from lightning.pytorch.strategies import ModelParallelStrategy, SingleDeviceStrategy
 from torch.utils.data import DataLoader
 
+from plmods.checkpoint import FORMAT, check_checkpoint, decode, encode
 from plmods.errors import ConfigError
 from plmods.rollout.dataset import iteration_loader
 from plmods.utils import set_rng_state
@@ -238,9 +239,19 @@ class IterationModule(LightningModule):
         return f"{self.iteration} iterations, {self.train_seconds:.1f} s"
 
     # ------------------------------------------------------------------ checkpoints
+    def env_name(self) -> str:
+        """What the module learns on (a gymnasium id, a task name): checked on resume."""
+        return "none"
+
+    def checkpoint_identity(self) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed by this module (``plmods.checkpoint``)."""
+        return {"module": getattr(self, "algorithm", type(self).__name__), "env": self.env_name()}
+
     def checkpoint_state(self) -> dict[str, Any]:
         """The bookkeeping every plmods checkpoint holds under ``checkpoint["plmods"]``."""
         return {
+            "format": FORMAT,
+            **self.checkpoint_identity(),
             "iteration": self.iteration,
             "train_seconds": self.train_seconds,
             "val_history": self.val_history,
@@ -267,10 +278,15 @@ class IterationModule(LightningModule):
         self.val_history = list(saved["val_history"])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["plmods"] = self.checkpoint_state()
+        # only tensors and plain data: loadable with torch.load(weights_only=True) (plmods.checkpoint)
+        checkpoint["plmods"] = encode(self.checkpoint_state())
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"] = encode(dict(checkpoint["hyper_parameters"]))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("plmods")
-        if saved is not None:
-            self.load_checkpoint_state(saved)
+        if saved is None:
+            raise ConfigError("the checkpoint was not written by plmods (no plmods section); pass a plmods last.ckpt or best.ckpt.")
+        check_checkpoint(checkpoint, module=self)
+        self.load_checkpoint_state(decode(saved))
 

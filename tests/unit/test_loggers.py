@@ -14,9 +14,61 @@ def no_wandb_env(monkeypatch, tmp_path):
     monkeypatch.setenv("NETRC", str(tmp_path / "none"))
 
 
-def test_explicit_modes_pass_through():
-    for mode in ("online", "offline", "disabled"):
+def test_explicit_offline_and_disabled_pass_through():
+    for mode in ("offline", "disabled"):
         assert resolve_wandb_mode(mode) == mode
+
+
+@pytest.mark.parametrize("how", ["setting", "env"])
+def test_online_without_key_falls_back_to_offline_with_one_line(monkeypatch, caplog, how):
+    """WANDB_MODE=online (or mode=online) and no key: wandb itself raises; we log offline."""
+    if how == "env":
+        monkeypatch.setenv("WANDB_MODE", "online")
+    with caplog.at_level("WARNING", logger="plmods.loggers"):
+        assert resolve_wandb_mode("online" if how == "setting" else "auto") == "offline"
+    assert [r.getMessage() for r in caplog.records] == [
+        "W&B: no API key found (wandb login, or WANDB_API_KEY): logging offline; upload later with `wandb sync`."
+    ]
+
+
+def test_online_with_key_but_no_network_falls_back_within_the_timeout(monkeypatch):
+    import time
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "https://api.wandb.invalid")  # no DNS, as on a machine without network
+    start = time.perf_counter()
+    assert resolve_wandb_mode("auto", timeout=1.0) == "offline"
+    assert time.perf_counter() - start < 2.0
+
+
+def test_online_with_key_and_answering_server_stays_online(monkeypatch):
+    import http.server
+    import threading
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # answers 501
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        assert resolve_wandb_mode("online") == "online"
+    finally:
+        server.server_close()
+
+
+def test_a_server_that_accepts_but_never_answers_is_offline(monkeypatch):
+    """What a transparent proxy does: the TCP connect succeeds, no HTTP answer comes."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    try:
+        assert resolve_wandb_mode("online", timeout=0.5) == "offline"
+    finally:
+        silent.close()
 
 
 def test_auto_without_key_is_offline():
@@ -35,7 +87,7 @@ def test_auto_with_key_but_unreachable_server_is_offline(monkeypatch):
 
 
 def test_bad_mode_names_setting():
-    with pytest.raises(ConfigError, match="logger.mode='sometimes'"):
+    with pytest.raises(ConfigError, match="mode='sometimes'"):
         resolve_wandb_mode("sometimes")
 
 

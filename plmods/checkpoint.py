@@ -15,8 +15,6 @@ checkpoint of the same algorithm, env and network shapes into one ``ConfigError`
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -81,11 +79,14 @@ def read_checkpoint(path: str | Path, setting: str = "ckpt_path") -> dict[str, A
         )
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except Exception as err:  # torch.load's failures on a corrupt file are of many types
+        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        reason = lines[0] if lines else type(err).__name__
         if "Weights only load failed" in reason or "Unsupported global" in str(err):
             reason = "it holds objects other than tensors and plain data (not a plmods checkpoint of this version)"
-        raise ConfigError(f"{where} is not a readable checkpoint: {reason[:200]}. Pass a last.ckpt or best.ckpt written by plmods.") from None
+        else:
+            reason = f"corrupt or truncated ({type(err).__name__}: {reason[:120]})"
+        raise ConfigError(f"{where} is not a readable checkpoint: {reason}. Pass a last.ckpt or best.ckpt written by plmods.") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("plmods"), dict):
         raise ConfigError(f"{where} was not written by plmods (no plmods section). Pass a last.ckpt or best.ckpt of a plmods run.")
     return checkpoint

@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import resource
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 from plmods.checkpoint import check_checkpoint, read_checkpoint
 from plmods.errors import ConfigError
 from plmods.loggers import set_x_axis
+from plmods.schema import validate_config
 from plmods.utils import configure_torch, quiet_console, quiet_known_warnings
 
-__all__ = ["train"]
+__all__ = ["check", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -159,23 +161,67 @@ def _check_top_level(cfg: DictConfig) -> None:
         )
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit the configured module; return the summary (also written to ``<output_dir>/summary.json``)."""
-    process_start = time.perf_counter()
+def _check_settings(cfg: DictConfig) -> dict[str, Any] | None:
+    """The checks that need no object built: types and keys (the schema), top-level ranges,
+    ``monitor``, the output directory, and the checkpoint file (returned, loaded weights-only)."""
+    validate_config(cfg)
     _check_top_level(cfg)
-    configure_torch(cfg.get("num_threads"))
-    quiet_known_warnings()
-    quiet_console()
-    ckpt_path = cfg.get("ckpt_path")
-    checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None  # readable, written by plmods
-    L.seed_everything(cfg.seed, verbose=False)
-
     _check_monitor(cfg)
+    _check_writable(cfg)
+    return read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+
+
+def _check_writable(cfg: DictConfig) -> None:
+    """The run directory can be created and written (probed: permission bits do not bind root,
+    a read-only file system binds everyone)."""
+    path = Path(str(cfg.output_dir)).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(existing)
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
+        raise ConfigError(
+            f"output_dir={str(path)!r} cannot be written ({existing}: {err.strerror or type(err).__name__}); "
+            "choose another hydra.run.dir."
+        ) from None
+
+
+def _build(cfg: DictConfig, checkpoint: dict[str, Any] | None) -> tuple[Any, Any, Any]:
+    """env, model and algorithm module: each constructor checks its own arguments (ranges,
+    combinations); then the checkpoint must match the module (algorithm, env, shapes)."""
     env = _instantiate(cfg.env, "env")
     model = _instantiate(cfg.model, "model")
     module = _instantiate(cfg.algo, "algo", env=env, model=model)
     if checkpoint is not None:  # same algorithm, env and (control: built already) network shapes
         check_checkpoint(checkpoint, module=module)
+    return env, model, module
+
+
+def check(cfg: DictConfig, build: bool = True) -> None:
+    """Everything :func:`train` checks before it starts work, without starting it (``train.py``
+    runs it for every job of a sweep before the first one starts): one ``ConfigError`` for the
+    first bad setting. ``build``: also construct env, model, module and callbacks (their own
+    argument checks; no weights are loaded, no warm-up runs, the caller's RNG is left as it was)."""
+    checkpoint = _check_settings(cfg)
+    if build:
+        from lightning.pytorch.utilities.seed import isolate_rng
+
+        with isolate_rng():
+            _build(cfg, checkpoint)
+            _callbacks(cfg)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the configured module; return the summary (also written to ``<output_dir>/summary.json``)."""
+    process_start = time.perf_counter()
+    checkpoint = _check_settings(cfg)
+    configure_torch(cfg.get("num_threads"))
+    quiet_known_warnings()
+    quiet_console()
+    ckpt_path = cfg.get("ckpt_path")
+    L.seed_everything(cfg.seed, verbose=False)
+    env, model, module = _build(cfg, checkpoint)
     callbacks = _callbacks(cfg)
     loggers = _loggers(cfg, checkpoint["plmods"].get("logger_version") if checkpoint else None)
     _ddp_if_replicated(cfg, module)

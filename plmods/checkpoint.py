@@ -31,9 +31,19 @@ FORMAT = 1  # checkpoint["plmods"]["format"]: bumped when the layout changes
 _TD, _ND = "__plmods_tensordict__", "__plmods_ndarray__"
 
 
-def encode(obj: Any) -> Any:
-    """``obj`` in types ``torch.load(weights_only=True)`` accepts; :func:`decode` inverts it."""
+def encode(obj: Any, lossy: bool = False) -> Any:
+    """``obj`` in types ``torch.load(weights_only=True)`` accepts; :func:`decode` inverts it.
+    ``lossy`` (hyperparameters, a record only): a function or class becomes its dotted path (a
+    user's reward function would otherwise make the file unloadable without the user's package),
+    any other object its ``repr``."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if lossy and not isinstance(obj, (dict, list, tuple, str, int, float, bool, type(None), torch.Tensor, Path)):
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return encode(OmegaConf.to_container(obj, resolve=True), lossy)
+        if callable(obj) and hasattr(obj, "__qualname__"):
+            return f"{obj.__module__}.{obj.__qualname__}"
+        return repr(obj)
 
     if isinstance(obj, TensorDictBase):
         return {_TD: encode(obj.to_dict()), "batch_size": list(obj.batch_size)}
@@ -42,14 +52,14 @@ def encode(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(obj, resolve=True)
+        return encode(OmegaConf.to_container(obj, resolve=True), lossy)
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, dict):
-        items = {key: encode(value) for key, value in obj.items()}
+        items = {key: encode(value, lossy) for key, value in obj.items()}
         return OrderedDict(items) if isinstance(obj, OrderedDict) else items  # (a defaultdict is unsafe)
     if isinstance(obj, (list, tuple)):
-        return type(obj)(encode(value) for value in obj)
+        return type(obj)(encode(value, lossy) for value in obj)
     return obj
 
 

@@ -177,6 +177,10 @@ def main(argv: list[str] | None = None) -> None:
         if verbose:
             raise
         _fail(err)
+    except MissingMandatoryValue as err:
+        if verbose:
+            raise
+        _fail(ConfigError(f"{err.full_key} has no default and must be set ({err.full_key}=...)."))
 
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
     def task(cfg):

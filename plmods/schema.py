@@ -174,11 +174,12 @@ def _conforms(value: Any, annotation: Any) -> bool:
 def _plain(node: Any, path: str) -> Any:
     """``node`` resolved to plain Python, a missing or broken interpolation named by path."""
     try:
-        return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+        return OmegaConf.to_container(node, resolve=True, throw_on_missing=True) if isinstance(node, (DictConfig, ListConfig)) else node
     except MissingMandatoryValue as err:
-        raise ConfigError(f"{_join(path, err.full_key)} has no default and must be set ({_join(path, err.full_key)}=...).") from None
+        key = err.full_key or path  # (full_key is already the path from the config's root)
+        raise ConfigError(f"{key} has no default and must be set ({key}=...).") from None
     except InterpolationResolutionError as err:
-        raise ConfigError(f"{_join(path, err.full_key)} cannot be resolved: {' '.join(str(err).split()[:20])}") from None
+        raise ConfigError(f"{err.full_key or path} cannot be resolved: {' '.join(str(err).split(' full_key:')[0].split())}") from None
 
 
 def _join(path: str, key: Any) -> str:

@@ -35,7 +35,7 @@ from plmods.algos.batch_plan import BatchPlan
 from plmods.algos.grpo_loss import AGGREGATIONS, MaskedGRPOLoss, ResponseScorer
 from plmods.algos.iteration import EVAL_SEED_OFFSET, IterationModule
 from plmods.envs.text import TextTask
-from plmods.errors import require
+from plmods.errors import ConfigError, require
 from plmods.models.hf import HFCausalLM
 from plmods.models.lm import TinyCausalLM
 from plmods.models.lora import adapter_tensors, add_reference_adapter, is_lora, reference_adapter
@@ -194,7 +194,10 @@ class GRPOModule(IterationModule):
         self._kl_coef = float(kl_coef)  # beta: the module owns it (AdaptiveKL protocol), checkpointed
         self.has_reference = kl_coef > 0
 
-        self.heldout = env.heldout(eval_problems, seed=seed + EVAL_SEED_OFFSET)
+        try:
+            self.heldout = env.heldout(eval_problems, seed=seed + EVAL_SEED_OFFSET)
+        except ValueError as err:  # the task has fewer distinct problems than asked
+            raise ConfigError(f"eval_problems={eval_problems} is more than the task can hold out ({err}).") from None
         env.exclude(self.heldout)
         # built in configure_model (so a sharded strategy can wrap them): policy, reference, loss
         self.loss_module: MaskedGRPOLoss | None = None

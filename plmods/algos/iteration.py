@@ -281,7 +281,7 @@ class IterationModule(LightningModule):
         # only tensors and plain data: loadable with torch.load(weights_only=True) (plmods.checkpoint)
         checkpoint["plmods"] = encode(self.checkpoint_state())
         if "hyper_parameters" in checkpoint:
-            checkpoint["hyper_parameters"] = encode(dict(checkpoint["hyper_parameters"]))
+            checkpoint["hyper_parameters"] = encode(dict(checkpoint["hyper_parameters"]), lossy=True)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("plmods")

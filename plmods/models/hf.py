@@ -74,6 +74,11 @@ class HFCausalLM:
             f"path={path!r} is not a local directory. Point it at a saved transformers model "
             "(save_pretrained output); hub names are never downloaded.",
         )
+        require(
+            path is None or (Path(path).expanduser() / "config.json").is_file(),
+            f"path={path!r} holds no config.json: it is not a saved transformers model. Point it at the "
+            "directory save_pretrained wrote (config.json, weights and tokenizer files).",
+        )
         require(dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
         require(system_prompt is None or chat_template, "system_prompt needs chat_template=true (raw prompts have no system turn).")
         self.path = None if path is None else str(Path(path).expanduser())

@@ -138,11 +138,11 @@ class RLModule(IterationModule):
     def teardown(self, stage: str) -> None:
         if self._collector is not None:
             # keep the observation statistics: an evaluation after fit must see the trained ones
-            self._env_transform_state = self._training_transform_state()
+            self._env_transform_state = self.training_transform_state()
             self._collector.shutdown()
             self._collector = self._collector_iter = None
 
-    def _training_transform_state(self) -> dict[str, Any] | None:
+    def training_transform_state(self) -> dict[str, Any] | None:
         """The training env's transform state (e.g. VecNorm statistics), during or after fit."""
         if isinstance(self._collector, WorkerCollector):
             return None  # per-worker statistics: obs_norm is refused with workers (ControlEnv)
@@ -247,7 +247,7 @@ class RLModule(IterationModule):
         # a fresh env per evaluation (~20 ms): no state can leak from one evaluation to the next
         env = self.env_factory.make(num_envs=self.eval_episodes)
         try:
-            training_state = self._training_transform_state()
+            training_state = self.training_transform_state()
             if training_state is not None and self.env_factory.obs_norm:
                 # evaluate under the training statistics, frozen
                 env.transform.load_state_dict(training_state)

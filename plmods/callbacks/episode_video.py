@@ -179,7 +179,7 @@ class EpisodeVideo(Callback):
         # the evaluation env's transforms, built and loaded the way RLModule.evaluate does
         reference = factory.make(num_envs=1)
         try:
-            state_of = getattr(pl_module, "_training_transform_state", None)
+            state_of = getattr(pl_module, "training_transform_state", None)  # RLModule's public hook
             training_state = state_of() if state_of is not None else None
             if training_state is not None and factory.obs_norm:
                 reference.transform.load_state_dict(training_state)

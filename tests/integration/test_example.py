@@ -48,25 +48,14 @@ def _run(cwd: Path, *args: str, extra_env: dict[str, str] | None = None) -> dict
 
 
 def _checkpoint(out: Path, example_code: bool = False) -> dict:
-    """``<out>/checkpoints/last.ckpt``. With ``example_code``, loaded with the example importable
-    (a GRPO checkpoint's hyperparameters hold the custom reward function by reference), then
-    taken out of this process again (modules and the gymnasium id it registered)."""
+    """``<out>/checkpoints/last.ckpt``, loaded the standard way: weights-only, in a process
+    that never imported the example (a GRPO checkpoint names the custom reward by its dotted path)."""
     path = out / "checkpoints" / "last.ckpt"
     assert path.is_file()
-    if not example_code:
-        return torch.load(path, map_location="cpu", weights_only=False)  # our own file
-    import gymnasium as gym
-
-    registered = "GoRight-v0" in gym.registry
-    sys.path.insert(0, str(EXAMPLE))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    finally:
-        sys.path.remove(str(EXAMPLE))
-        for name in [m for m in sys.modules if m == "custom_project" or m.startswith("custom_project.")]:
-            del sys.modules[name]
-        if not registered:
-            gym.registry.pop("GoRight-v0", None)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if example_code:
+        assert "custom_project.rewards.shorter_is_better" in str(checkpoint["hyper_parameters"]["rewards"])
+    return checkpoint
 
 
 def _rows(out: Path, version: int) -> list[dict[str, float]]:
@@ -210,13 +199,10 @@ def test_ppo_solves_the_custom_env_and_resumes_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_grpo_resumes_exactly(tmp_path):
-    # TEMPORARY: the callable reward (custom_project.rewards.shorter_is_better) is pickled into the
-    # checkpoint's hyper_parameters, which torch's weights_only load refuses; remove this variable
-    # once plmods stores callables in checkpoints as weights-only data (e.g. their dotted path)
-    trust = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    # the custom reward function is a dotted path in the checkpoint's hyper_parameters: loads weights-only
     _run(tmp_path, "--out-dir", str(tmp_path / "full"), "--algo", "grpo", "--max-epochs", "4")
     _run(tmp_path, "--out-dir", str(tmp_path / "part"), "--algo", "grpo", "--max-epochs", "2")
-    resumed = _run(tmp_path, "--out-dir", str(tmp_path / "part"), "--algo", "grpo", "--max-epochs", "4", "--resume", extra_env=trust)
+    resumed = _run(tmp_path, "--out-dir", str(tmp_path / "part"), "--algo", "grpo", "--max-epochs", "4", "--resume")
     assert resumed["first_iteration"] == 2 and resumed["iteration"] == 4
     full, part = _checkpoint(tmp_path / "full", example_code=True), _checkpoint(tmp_path / "part", example_code=True)
     assert full["global_step"] == part["global_step"]

@@ -92,7 +92,7 @@ def read_checkpoint(path: str | Path, setting: str = "ckpt_path") -> dict[str, A
     except Exception as err:  # torch.load's failures on a corrupt file are of many types
         lines = [line for line in str(err).strip().splitlines() if line.strip()]
         reason = lines[0] if lines else type(err).__name__
-        if "Weights only load failed" in reason or "Unsupported global" in str(err):
+        if "Unsupported global" in str(err):
             reason = "it holds objects other than tensors and plain data (not a plmods checkpoint of this version)"
         else:
             reason = f"corrupt or truncated ({type(err).__name__}: {reason[:120]})"

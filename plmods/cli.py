@@ -115,6 +115,8 @@ def _composition_error(err: Exception, job: list[str], compose) -> ConfigError:
             node = OmegaConf.select(cfg, parent) if parent else None
             if node is not None and "_target_" in node:
                 target = get_class(node._target_)
+                if name in settings_of(target):  # a real setting the config file leaves to its default
+                    return ConfigError(f"{key} is not in the config: {target.__name__} takes it, add it with +{key}=...")
                 hint = f"its settings: {', '.join(s for s in settings_of(target))}"
                 return ConfigError(f"{key} is not a setting of {target.__name__} ({parent}); {hint}.")
         except Exception:

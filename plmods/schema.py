@@ -44,6 +44,8 @@ _GROUPS = {"algo": {"env", "model"}, "env": set(), "model": set(), "trainer": {"
 # groups that map names to optional nodes
 _MAPPINGS = ("logger", "callbacks")
 _HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
+# classes whose **kwargs go to a backend that takes more than the class declares (SummaryWriter, wandb.init, ...)
+_FORWARDING_MODULES = ("lightning.pytorch.loggers.", "lightning.fabric.loggers.")
 # the extra that provides a module plmods imports lazily
 _EXTRAS = {"transformers": "llm", "tokenizers": "llm", "peft": "llm", "gguf": "llm", "math_verify": "llm", "ray": "ray"}
 
@@ -96,8 +98,9 @@ def _parameters(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, An
                 hints.setdefault(name, own_hints[name])
         if not forwards:
             # a parameterless base __init__ (an ABC's) explains no forwarded **kwargs: keep them open
-            declared = [n for n in signature.parameters if n != "self"]
-            return params, hints, depth > 0 and not declared
+            # (a parameterless base __init__ swallows them: a typo would be silently ignored, so
+            # the keys stay closed; loggers hand theirs to their backends: open)
+            return params, hints, getattr(target, "__module__", "").startswith(_FORWARDING_MODULES)
         if not inspect.isclass(target):
             return params, hints, True
     return params, hints, True
@@ -139,6 +142,10 @@ def _conforms(value: Any, annotation: Any) -> bool:
     if annotation is Any or annotation is inspect.Parameter.empty:
         return True
     if origin in (Union, types.UnionType):
+        # a scalar for `float | torch.Tensor` is judged by the builtin members: a string is not a float
+        builtin = [a for a in args if a in (bool, int, float, str, type(None)) or get_origin(a) is Literal]
+        if builtin and not isinstance(value, (dict, list)) and not any(a in (str, Path) for a in args):
+            return any(_conforms(value, a) for a in builtin)
         return any(_conforms(value, a) for a in args)
     if annotation is type(None):
         return value is None

@@ -572,6 +572,8 @@ class GRPOModule(IterationModule):
         self.trainer.strategy.barrier("save_policy")
 
     # ------------------------------------------------------------------ checkpoints
+    algorithm = "GRPO"  # summary.json's algo, checked on resume
+
     def env_name(self) -> str:
         return self.task.name
 

@@ -27,7 +27,7 @@ def cache(tmp_path):
 def test_grpo_addition_preset_smoke(run_train, cache):
     run = run_train("experiment=grpo_addition", *LM_FAST, cache)
     s = run.summary
-    assert s["algo"] == "GRPOModule" and s["env"] == "addition" and s["iterations"] == 4
+    assert s["algo"] == "GRPO" and s["env"] == "addition" and s["iterations"] == 4
     assert s["monitor"]["key"] == "val/accuracy"
     # before (iteration 0) and after, on the same held-out problems
     assert [row["iteration"] for row in s["val_history"]] == [0, 2, 4]

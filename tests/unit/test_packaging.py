@@ -8,12 +8,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_plmods_folder_is_a_packaged_package():
+    """pyproject lists the packages (configs/ is mapped to plmods.configs): none may be missing."""
+    import tomllib
+
     folders = {
         ".".join(p.relative_to(ROOT).parts)
         for p in (ROOT / "plmods").rglob("*")
         if p.is_dir() and p.name != "__pycache__" and any(p.glob("*.py"))
     } | {"plmods"}
     assert set(find_packages(str(ROOT), include=["plmods*"])) == folders
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert set(listed) == folders | {"plmods.configs"}
 
 
 def test_public_api_imports():

@@ -100,7 +100,7 @@ def wandb_logger(
     # the mode decided here is final: wandb must not override it from WANDB_MODE (online -> offline fallback)
     if os.environ.get("WANDB_MODE") and os.environ["WANDB_MODE"] != resolved:
         os.environ["WANDB_MODE"] = resolved
-    return WandbLogger(
+    logger = WandbLogger(
         project=project,
         save_dir=save_dir,
         name=name,
@@ -112,6 +112,8 @@ def wandb_logger(
         log_model=log_model and resolved == "online",
         **kwargs,
     )
+    logger.plmods_mode = resolved  # the start-up table shows it
+    return logger
 
 
 def set_x_axis(logger: WandbLogger, step_metric: str) -> None:

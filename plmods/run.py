@@ -27,7 +27,7 @@ from plmods.loggers import set_x_axis
 from plmods.schema import validate_config
 from plmods.utils import configure_torch, quiet_console, quiet_known_warnings
 
-__all__ = ["check", "train"]
+__all__ = ["check", "startup_table", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,38 @@ def _ddp_if_replicated(cfg: DictConfig, module: Any) -> None:
     cfg.trainer.strategy = OmegaConf.create(
         {"_target_": "lightning.pytorch.strategies.DDPStrategy", "process_group_backend": backend}
     )
+
+
+def startup_table(cfg: DictConfig, module: Any, trainer: L.Trainer, loggers: list[Logger], checkpoint: dict[str, Any] | None) -> str:
+    """The key resolved settings of this run, logged once at start (and kept in train.log)."""
+    algo = cfg.algo
+    budget = (
+        f"{algo.total_frames:,} frames" if "total_frames" in algo else f"{algo.get('total_iterations', '?')} iterations"
+    )
+    model = cfg.model.get("path") or cfg.model._target_.rsplit(".", 1)[-1]
+    lora = cfg.model.get("lora") or {}
+    if lora.get("r"):
+        model = f"{model} + LoRA r={lora.r}"
+    names = []
+    for logger in loggers:
+        mode = getattr(logger, "plmods_mode", None)
+        names.append(f"{type(logger).__name__}" + (f" ({mode})" if mode else ""))
+    resume = (
+        f"{cfg.ckpt_path} (iteration {checkpoint['plmods'].get('iteration')})" if checkpoint is not None else "no (new run)"
+    )
+    rows = [
+        ("algorithm", f"{getattr(module, 'algorithm', type(module).__name__)} ({type(module).__name__})"),
+        ("env", f"{module.env_name()}" + (f" x {cfg.env.num_envs} envs" if "num_envs" in cfg.env else "")),
+        ("model", model),
+        ("lr / budget", f"{algo.get('lr')} / {budget}"),
+        ("seed / threads", f"{cfg.seed} / {cfg.get('num_threads') or 'torch default'}"),
+        ("trainer", f"{type(trainer.strategy).__name__}, {trainer.world_size} process(es), {trainer.accelerator.__class__.__name__.replace('Accelerator', '')}, precision {trainer.precision}"),
+        ("loggers", ", ".join(names) or "none"),
+        ("resume", resume),
+        ("output", str(cfg.output_dir)),
+    ]
+    width = max(len(key) for key, _ in rows)
+    return "run settings\n" + "\n".join(f"  {key:<{width}}  {value}" for key, value in rows)
 
 
 def summarize(module: Any, cfg: DictConfig, process_s: float) -> dict[str, Any]:
@@ -226,8 +258,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = _loggers(cfg, checkpoint["plmods"].get("logger_version") if checkpoint else None)
     _ddp_if_replicated(cfg, module)
     trainer: L.Trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    if hasattr(module, "batch_plan") and trainer.is_global_zero:
-        log.info("%s", module.batch_plan(trainer.world_size).table())
+    if trainer.is_global_zero:
+        log.info("%s", startup_table(cfg, module, trainer, loggers, checkpoint))
+        if hasattr(module, "batch_plan"):
+            log.info("%s", module.batch_plan(trainer.world_size).table())
 
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

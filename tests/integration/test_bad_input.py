@@ -59,3 +59,4 @@ def test_each_console_line_once_and_no_tips(run_train):
     run = run_train("debug=fast", "logger=none")
     assert run.output.count("GPU available: False") == 1  # Lightning's own handler and Hydra's printed it twice
     assert "litlogger" not in run.output
+    assert run.output.count("run settings") == 1 and "algorithm       PPO (ControlModule)" in run.output

@@ -227,6 +227,7 @@ class RLModule(IterationModule):
         sync = self.world_size > 1
         self.log("val/episode_return", returns.mean(), prog_bar=True, sync_dist=sync, batch_size=1)
         self.log("val/episode_return_std", returns.std(unbiased=False), sync_dist=sync, batch_size=1)
+        self.log_x_axis()
         return returns.mean()
 
     def on_validation_epoch_end(self) -> None:

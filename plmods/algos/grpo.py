@@ -496,6 +496,7 @@ class GRPOModule(IterationModule):
         metrics = {k: v for k, v in result.items() if k.startswith("val/")}
         self.log("val/accuracy", metrics.pop("val/accuracy"), prog_bar=True, sync_dist=sync, batch_size=1)
         self.log_dict(metrics, sync_dist=sync, batch_size=1)
+        self.log_x_axis()
         self._pending_eval = result
 
     def on_validation_epoch_end(self) -> None:

@@ -239,6 +239,12 @@ class IterationModule(LightningModule):
         return f"{self.iteration} iterations, {self.train_seconds:.1f} s"
 
     # ------------------------------------------------------------------ checkpoints
+    def log_x_axis(self) -> None:
+        """Log the x-axis value (``frames`` / ``iteration``) with the validation metrics too, so
+        W&B plots every row against it (``define_metric(step_sync=True)`` alone left it out of
+        the validation rows of a sweep's first run)."""
+        self.log(self.x_axis, float(getattr(self, self.x_axis)), batch_size=1)
+
     def env_name(self) -> str:
         """What the module learns on (a gymnasium id, a task name): checked on resume."""
         return "none"

@@ -80,8 +80,20 @@ def test_a_wandb_sweep_gives_each_job_its_own_run(run_train, tmp_path):
     assert len(runs) == 2, run.output[-2000:]
     ids = {path.name.rsplit("-", 1)[-1] for path in runs}
     assert len(ids) == 2  # one W&B run per job, not the first job's run reused
-    versions = {torch.load(p, weights_only=False)["plmods"]["logger_version"] for p in sweep.glob("*/checkpoints/last.ckpt")}
+    versions = {torch.load(p, weights_only=True)["plmods"]["logger_version"] for p in sweep.glob("*/checkpoints/last.ckpt")}
     assert versions == ids
+    # each run holds its own job's metrics, named <name>-<job>, grouped by the sweep, every
+    # validation row on the frames x-axis
+    from wandb_records import read_run
+
+    for job, path in enumerate(runs):
+        meta, rows = read_run(next(path.glob("run-*.wandb")))
+        assert meta["name"] == f"train-{job}" and meta["group"] == "sweep" and meta["id"] == path.name.rsplit("-", 1)[-1]
+        summary = json.loads((sweep / str(job) / "summary.json").read_text())
+        logged = [(r["frames"], r["val/episode_return"]) for r in rows if "val/episode_return" in r]
+        assert logged == [(row["frames"], row["val/episode_return"]) for row in summary["val_history"]]
+        lrs = [r["train/lr"] for r in rows if "train/lr" in r]
+        assert lrs[0] == pytest.approx(summary["config"]["algo"]["lr"])
 
 
 def test_wandb_offline_without_key(run_train):

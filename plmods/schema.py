@@ -251,6 +251,7 @@ def validate_config(cfg: DictConfig) -> None:
         for name, node in nodes.items():
             if node is None:
                 continue
-            if not _is_node(node):
+            if not isinstance(node, dict):
                 raise ConfigError(f"{group}.{name}={node!r} must be a mapping with _target_ (or null to disable it).")
-            _check_node(node, f"{group}.{name}")
+            if _is_node(node):  # a mapping without _target_ (settings for an option not chosen) is unused
+                _check_node(node, f"{group}.{name}")

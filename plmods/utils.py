@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["atomic_directory", "configure_torch", "quiet_known_warnings", "rng_state", "set_rng_state"]
+__all__ = ["atomic_directory", "configure_torch", "quiet_design_warnings", "quiet_known_warnings", "rng_state", "set_rng_state"]
 
 
 def configure_torch(num_threads: int | None = 1) -> None:
@@ -66,14 +66,9 @@ def quiet_console() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropMessages("litlogger"))
 
 
-def quiet_known_warnings() -> None:
-    """Silence warnings that are expected in a plmods run and carry no action for the user."""
-    try:  # transformers' per-load progress bars ("Loading weights") would flood the run log
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+def quiet_design_warnings() -> None:
+    """Warnings about choices plmods makes on purpose, which no user can act on; filtered by
+    message (nothing else) whenever a plmods module is built, in a user's own program too."""
     # our IterableDataset defines __len__ on purpose (one batch per iteration, num_workers=0)
     warnings.filterwarnings("ignore", message=".*IterableDataset. has .__len__. defined.*")
     # before the first evaluation ModelCheckpoint cannot see val/episode_return yet
@@ -82,6 +77,17 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*VecNormV2 for containers with non-empty batch-size.*")
     # GRPO keeps its LM in eval mode on purpose (no dropout: sampling and scoring must agree)
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
+
+
+def quiet_known_warnings() -> None:
+    """Silence warnings that are expected in a plmods run and carry no action for the user."""
+    try:  # transformers' per-load progress bars ("Loading weights") would flood the run log
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    quiet_design_warnings()
     # deprecations inside Lightning/torchrl internals, not in plmods code
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchrl")

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from plmods.checkpoint import FORMAT, check_checkpoint, decode, encode
 from plmods.errors import ConfigError
 from plmods.rollout.dataset import iteration_loader
-from plmods.utils import set_rng_state
+from plmods.utils import quiet_design_warnings, set_rng_state
 
 __all__ = ["IterationModule", "EVAL_SEED_OFFSET", "RANK_SEED_OFFSET"]
 
@@ -46,6 +46,7 @@ class IterationModule(LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
+        quiet_design_warnings()  # in a user's own Trainer too: warnings about plmods' own choices
         self.automatic_optimization = False
         self.iteration = 0
         self.train_seconds = 0.0  # wall time inside fit, summed over resumed segments

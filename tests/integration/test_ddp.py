@@ -22,7 +22,11 @@ def _consistency(run) -> dict:
 def _meta(run) -> dict:
     """The non-tensor part of last.ckpt: the file itself (DDP) or a sharded directory's meta.pt (FSDP)."""
     path = run.run_dir / "checkpoints" / "last.ckpt"
-    return torch.load(path / "meta.pt" if path.is_dir() else path, weights_only=False)
+    from plmods.checkpoint import decode
+
+    checkpoint = torch.load(path / "meta.pt" if path.is_dir() else path, weights_only=True)  # plain data only
+    checkpoint["plmods"] = decode(checkpoint["plmods"])
+    return checkpoint
 
 
 def _kill_and_resume(run_train, tmp_path, args, kill_at):

@@ -28,6 +28,9 @@ def test_grpo_addition_preset_smoke(run_train, cache):
     run = run_train("experiment=grpo_addition", *LM_FAST, cache)
     s = run.summary
     assert s["algo"] == "GRPO" and s["env"] == "addition" and s["iterations"] == 4
+    # debug=fast_lm trains: mu = 2 optimizer steps per iteration, and last.ckpt holds them
+    ckpt = torch.load(run.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 8 and ckpt["plmods"]["iteration"] == 4
     assert s["monitor"]["key"] == "val/accuracy"
     # before (iteration 0) and after, on the same held-out problems
     assert [row["iteration"] for row in s["val_history"]] == [0, 2, 4]
@@ -109,7 +112,7 @@ def test_grpo_resume_is_exact(run_train, tmp_path, cache, lora):
         (("experiment=grpo_addition", "model.path=/nonexistent"), "model.path='/nonexistent' is not a local directory"),
         (("algo=grpo", "env=addition", "model=hf_causal_lm", "monitor=val/accuracy"), "model.path has no default and must be set"),
         (("experiment=grpo_addition", "model.lora.r=-1"), "model.lora.r must be >= 0 (0: no LoRA), got -1"),
-        (("experiment=grpo_addition", "model.lora.rank=4"), "Could not override 'model.lora.rank'"),
+        (("experiment=grpo_addition", "model.lora.rank=4"), "model.lora.rank is not a setting"),
         (("experiment=grpo_addition", "model.chat_template=false", "model.system_prompt=hi"),
          "model.system_prompt needs model.chat_template=true"),
         (("experiment=grpo_addition", "env.prompt_template=sum"), "env.prompt_template must contain {a} and {b}, got 'sum'"),

@@ -90,15 +90,25 @@ def test_beta_zero_builds_no_reference_and_beta_positive_freezes_one():
     assert module.measured_kl is not None and module.measured_kl > 0  # the policy moved off the reference
 
 
-def test_uniform_groups_are_marked_and_their_step_is_the_zero_gradient_step():
+def test_uniform_groups_are_marked_and_their_step_is_the_zero_gradient_step(tmp_path):
+    """No group kept: the optimizer steps still happen (zero gradient) and last.ckpt is written."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     module = _module(rewards={"zero": lambda prompts, completions, **_: [0.0] * len(completions)})
     batch = module.make_batch()
     assert batch.shape[0] == 16 and not batch["informative"].any()
     assert float(module._iteration_metrics["groups_informative"]) == 0.0
     before = [p.clone() for p in module.policy.parameters()]
-    trainer = _fit(module)
-    assert trainer.global_step == module.num_iterations  # the steps still happen (zero gradient)
+    trainer = Trainer(
+        max_epochs=module.total_iterations, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path, filename="last", save_on_train_epoch_end=True)],
+    )  # fmt: skip
+    trainer.fit(module)
+    assert trainer.global_step == module.num_iterations * module.total_iterations
     assert all(torch.equal(a, b) for a, b in zip(before, module.policy.parameters(), strict=True))
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert saved["plmods"]["iteration"] == module.total_iterations and saved["global_step"] == trainer.global_step
 
 
 def test_process_advantages_follow_step_ends():

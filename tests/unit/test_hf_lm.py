@@ -59,6 +59,7 @@ def test_a_missing_chat_template_is_one_clear_error(tmp_path):
     tok = bpe_tokenizer()
     tok.chat_template = None
     tok.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{}")  # a model directory (only the tokenizer is read here)
     with pytest.raises(ConfigError, match="chat_template=true, but the tokenizer at .* has no chat template"):
         HFCausalLM(str(tmp_path))
     assert HFCausalLM(str(tmp_path), chat_template=False).format_prompt("x") == "x"

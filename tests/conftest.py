@@ -50,6 +50,28 @@ class TrainRun:
 def run_train(tmp_path):
     """``run_train(*overrides, expect_ok=True)`` runs ``python train.py`` in ``tmp_path/run``."""
 
+    def _start(overrides, run_dir, env) -> tuple[subprocess.Popen, Path]:
+        run_dir = run_dir or tmp_path / "run"
+        args = [sys.executable, str(ROOT / "train.py"), *overrides]
+        if not any(o.startswith("hydra.run.dir=") or o == "-m" for o in overrides):
+            args.append(f"hydra.run.dir={run_dir}")
+        popen = subprocess.Popen(
+            args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(env)
+        )
+        return popen, run_dir
+
+    def _finish(popen, run_dir, args, expect_ok, timeout) -> TrainRun:
+        try:
+            stdout, stderr = popen.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.communicate()
+            raise
+        result = TrainRun(subprocess.CompletedProcess(args, popen.returncode, stdout, stderr), run_dir)
+        if expect_ok:
+            assert popen.returncode == 0, result.output[-4000:]
+        return result
+
     def _run(
         *overrides: str,
         expect_ok: bool = True,
@@ -57,18 +79,16 @@ def run_train(tmp_path):
         env: dict[str, str] | None = None,
         timeout: float = 300,
     ) -> TrainRun:
-        run_dir = run_dir or tmp_path / "run"
-        args = [sys.executable, str(ROOT / "train.py"), *overrides]
-        if not any(o.startswith("hydra.run.dir=") or o == "-m" for o in overrides):
-            args.append(f"hydra.run.dir={run_dir}")
-        proc = subprocess.run(
-            args, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=_env(env)
-        )
-        result = TrainRun(proc, run_dir)
-        if expect_ok:
-            assert proc.returncode == 0, result.output[-4000:]
-        return result
+        popen, run_dir = _start(overrides, run_dir, env)
+        return _finish(popen, run_dir, popen.args, expect_ok, timeout)
 
+    def _together(*jobs: tuple[tuple[str, ...], Path], timeout: float = 300) -> list[TrainRun]:
+        """Independent ``(overrides, run_dir)`` runs started at once: a train.py process spends
+        most of its ~6 s importing torch and Lightning on one core, so two overlap well on two."""
+        started = [_start(overrides, run_dir, None) for overrides, run_dir in jobs]
+        return [_finish(popen, run_dir, popen.args, True, timeout) for popen, run_dir in started]
+
+    _run.together = _together
     return _run
 
 

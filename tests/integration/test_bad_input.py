@@ -14,7 +14,6 @@ ROOT = Path(__file__).resolve().parents[2]
     ("overrides", "message"),
     [
         (["algo.lr=abc"], "algo.lr='abc' must be a number (ControlModule.lr)."),
-        (["algo.minibatch_size=48"], "algo.minibatch_size=48 must be a positive divisor of algo.frames_per_batch=256"),
     ],
 )
 def test_invalid_setting(run_train, overrides, message):

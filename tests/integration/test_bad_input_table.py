@@ -125,6 +125,13 @@ TABLE: list[tuple[list[str], list[str], str]] = [
     (["experiment=grpo_addition", "logger=none"], ["model=hf_causal_lm", "model.path={empty_dir}"], "holds no config.json"),
     (["experiment=grpo_addition", "logger=none"], ["model=hf_causal_lm", "model.path=/no/such/model"], "model.path='/no/such/model' is not a local directory"),
     (GRPO, ["debug=fast"], "algo.frames_per_batch is not a setting of GRPOModule"),
+    (GRPO, ["model.lora.r=-1"], "model.lora.r must be >= 0 (0: no LoRA), got -1"),
+    (GRPO, ["model.lora.rank=4"], "model.lora.rank is not a setting"),
+    (GRPO, ["model.chat_template=false", "model.system_prompt=hi"], "model.system_prompt needs model.chat_template=true"),
+    (GRPO, ["env.prompt_template=sum"], "env.prompt_template must contain {a} and {b}, got 'sum'"),
+    (GRPO, ["algo.micro_batch_size=0"], "algo.micro_batch_size must be >= 1 or null, got 0"),
+    (["algo=grpo", "logger=none"], ["monitor=val/accuracy"], "algo=grpo needs a text task (env=addition or env=countdown)"),
+    (PPO, ["algo=reinforce", "env.workers=2"], "env.workers=2 needs fixed-size batches"),
 ]
 
 

@@ -70,16 +70,27 @@ def test_reinforce_ddp_ranks_agree(run_train):
     assert per_rank[0]["env"]["gym_envs"] != per_rank[1]["env"]["gym_envs"]
 
 
-def test_ppo_kl_under_the_fsdp_preset_runs_as_ddp_adapts_one_beta_and_resumes_exactly(run_train, tmp_path):
-    args = (*PPO_FAST, "algo=ppo_kl", "trainer=fsdp_sim", "logger=none", "algo.total_frames=512",
-            "callbacks=[default,adaptive_kl,rank_consistency]")  # fmt: skip
-    full, resumed = _kill_and_resume(run_train, tmp_path, args, kill_at=2)
+PPO_KL_FSDP = (*PPO_FAST, "algo=ppo_kl", "trainer=fsdp_sim", "logger=none", "algo.total_frames=512",
+               "callbacks=[default,adaptive_kl,rank_consistency]")  # fmt: skip
+
+
+def _assert_ppo_kl_ran_as_ddp_with_one_beta(run):
     # nothing to shard in an MLP: the preset's ModelParallelStrategy becomes DDP (logged)
-    assert full.summary["config"]["trainer"]["strategy"]["_target_"].endswith("DDPStrategy")
-    assert "has nothing to shard: trainer.strategy runs as DDP (gloo)" in full.output
-    (kl_state,) = [v for k, v in _meta(full)["callbacks"].items() if k.startswith("AdaptiveKL")]
+    assert run.summary["config"]["trainer"]["strategy"]["_target_"].endswith("DDPStrategy")
+    assert "has nothing to shard: trainer.strategy runs as DDP (gloo)" in run.output
+    (kl_state,) = [v for k, v in _meta(run)["callbacks"].items() if k.startswith("AdaptiveKL")]
     assert kl_state["num_updates"] == 4  # one adaptation per iteration; beta is in the hashed state
-    assert full.summary["frames"] == 512
+    assert run.summary["frames"] == 512 and _consistency(run)["world_size"] == 2
+
+
+def test_ppo_kl_under_the_fsdp_preset_runs_as_ddp_and_adapts_one_beta(run_train):
+    _assert_ppo_kl_ran_as_ddp_with_one_beta(run_train(*PPO_KL_FSDP))
+
+
+@pytest.mark.slow  # kill + resume under DDP is in the default suite (PPO above, GRPO under FSDP below)
+def test_ppo_kl_under_the_fsdp_preset_resumes_exactly(run_train, tmp_path):
+    full, resumed = _kill_and_resume(run_train, tmp_path, PPO_KL_FSDP, kill_at=2)
+    _assert_ppo_kl_ran_as_ddp_with_one_beta(full)
     _assert_same_end(full, resumed)
 
 
@@ -95,7 +106,8 @@ def test_grpo_ddp_ranks_draw_their_own_prompts_and_agree(run_train, tmp_path):
     assert meta["global_step"] == 4 * 2  # both ranks stepped together: mu = 2 per iteration
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+# the LoRA variant (whole-file checkpoint gathered on rank 0) is a slow test: 35 s on 2 cores
+@pytest.mark.parametrize("lora", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["full", "lora"])
 def test_grpo_fsdp_shards_syncs_the_reference_and_resumes_exactly(run_train, tmp_path, lora):
     args = (
         "experiment=grpo_addition", *LM_FAST, "trainer=fsdp_sim", "algo.kl_coef=0.05",

@@ -11,8 +11,10 @@ def _state(run):
 
 
 def test_resume_matches_uninterrupted_run(run_train, tmp_path):
-    full = run_train(*FAST, "logger=none", run_dir=tmp_path / "full")
-    part = run_train(*FAST, "logger=none", "trainer.max_epochs=4", run_dir=tmp_path / "part")
+    full, part = run_train.together(
+        ((*FAST, "logger=none"), tmp_path / "full"),
+        ((*FAST, "logger=none", "trainer.max_epochs=4"), tmp_path / "part"),
+    )
     assert part.summary["iterations"] == 4
     resumed = run_train(
         *FAST,
@@ -57,8 +59,7 @@ def test_reinforce_resume_matches_uninterrupted_run(run_train, tmp_path):
     """Every REINFORCE batch starts at an env reset, so no episode fragment is in flight at a
     checkpoint and a resumed run continues bit for bit."""
     args = ("algo=reinforce", "debug=fast", "logger=none", "algo.total_frames=1500")
-    full = run_train(*args, run_dir=tmp_path / "full")
-    part = run_train(*args, "trainer.max_epochs=2", run_dir=tmp_path / "part")
+    full, part = run_train.together((args, tmp_path / "full"), ((*args, "trainer.max_epochs=2"), tmp_path / "part"))
     resumed = run_train(*args, f"ckpt_path={part.run_dir / 'checkpoints' / 'last.ckpt'}",
                         run_dir=tmp_path / "resumed")  # fmt: skip
     assert resumed.summary["iterations"] == full.summary["iterations"] > part.summary["iterations"]

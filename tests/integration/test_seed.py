@@ -23,26 +23,31 @@ print(json.dumps({"init": digest.hexdigest(), "metrics": metrics}))
 """
 
 
-def _python_api(seed: int, global_seed: int) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(seed), str(global_seed)],
-        capture_output=True, text=True, timeout=120, cwd=ROOT, check=True,
-    )  # fmt: skip
-    return proc.stdout.strip().splitlines()[-1]
+def _python_api(*runs: tuple[int, int]) -> list[str]:
+    """The last stdout line of the script for each (seed, global seed), the processes run at once."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", SCRIPT, str(seed), str(global_seed)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        for seed, global_seed in runs
+    ]  # fmt: skip
+    outputs = [proc.communicate(timeout=120) for proc in procs]
+    for proc, (_, stderr) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, stderr[-3000:]
+    return [stdout.strip().splitlines()[-1] for stdout, _ in outputs]
 
 
 def test_same_seed_same_weights_and_first_iteration_in_two_processes():
-    a, b = _python_api(3, global_seed=1), _python_api(3, global_seed=2)
+    a, b, other = _python_api((3, 1), (3, 2), (4, 1))
     assert a == b
     assert '"train/loss_objective"' in a
-    assert _python_api(4, global_seed=1).split('"metrics"')[0] != a.split('"metrics"')[0]
+    assert other.split('"metrics"')[0] != a.split('"metrics"')[0]
 
 
 def test_train_py_same_seed_same_first_iteration(run_train, tmp_path):
-    def first_iteration(seed, name):
-        run = run_train(*PPO_FAST, "logger=none", "trainer.max_epochs=1", f"seed={seed}", run_dir=tmp_path / name)
-        return torch.load(run.run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-
-    a, b, other = first_iteration(7, "a"), first_iteration(7, "b"), first_iteration(8, "c")
+    runs = run_train.together(
+        *(((*PPO_FAST, "logger=none", "trainer.max_epochs=1", f"seed={seed}"), tmp_path / name)
+          for seed, name in ((7, "a"), (7, "b"), (8, "c")))
+    )  # fmt: skip
+    a, b, other = (torch.load(run.run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for run in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], other[k]) for k in a)

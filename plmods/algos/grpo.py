@@ -512,9 +512,10 @@ class GRPOModule(IterationModule):
         self.last_samples = result["samples"]
         if self._trainer is None:
             return
-        if not self.val_history[:-1]:  # the "before" row is logged by hand (outside validation)
+        if not self.val_history[:-1]:  # the "before" row is logged by hand (outside validation), x-axis value too
+            before = {k: v for k, v in row.items() if k.startswith("val/") or k == self.x_axis}
             for logger in self.loggers:
-                logger.log_metrics({k: v for k, v in row.items() if k.startswith("val/")}, step=self.trainer.global_step)
+                logger.log_metrics(before, step=self.trainer.global_step)
         for logger in self.loggers:
             if isinstance(logger, WandbLogger) and self.trainer.is_global_zero:
                 logger.log_table(

@@ -77,6 +77,14 @@ def test_countdown_with_process_supervision_logs_sample_tables_to_wandb(run_trai
     tables = sorted(run.run_dir.glob("wandb/offline-run-*/files/media/table/val/samples_*.table.json"))
     assert len(tables) == 3
     assert json.loads(tables[0].read_text())["columns"] == ["iteration", "prompt", "completion", "answer", "reward"]
+    # every evaluation row, the "before" one (iteration 0) included, is on the iteration x-axis
+    from wandb_records import read_run
+
+    (records,) = run.run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    _, rows = read_run(records)
+    logged = [(r.get("iteration"), r["val/accuracy"]) for r in rows if "val/accuracy" in r]
+    assert logged == [(row["iteration"], row["val/accuracy"]) for row in run.summary["val_history"]]
+    assert [it for it, _ in logged] == [0, 2, 4]
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])

@@ -124,8 +124,8 @@ class RLModule(IterationModule):
             workers=self.env_factory.workers, seed=seed, backend=self.env_factory.backend,
         )  # fmt: skip
 
-    def budget_spent(self) -> bool:
-        return self.frames >= self.total_frames
+    def budget(self) -> tuple[float, float]:
+        return float(self.frames), float(self.total_frames)
 
     def batch_frames(self, batch: TensorDictBase) -> int:
         """Environment frames in a collected batch."""

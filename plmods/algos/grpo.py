@@ -459,8 +459,8 @@ class GRPOModule(IterationModule):
             self.trainer.should_stop = True
 
     # ------------------------------------------------------------------ evaluation
-    def budget_spent(self) -> bool:
-        return self.iteration >= self.total_iterations
+    def budget(self) -> tuple[float, float]:
+        return float(self.iteration), float(self.total_iterations)
 
     def on_train_start(self) -> None:
         super().on_train_start()

@@ -65,9 +65,15 @@ class IterationModule(LightningModule):
         rank = self.global_rank if self._trainer is not None else 0
         return self.seed + rank * RANK_SEED_OFFSET
 
+    def budget(self) -> tuple[float, float] | None:
+        """``(spent, total)`` of the training budget in the unit it is set in (frames for the
+        control modules, iterations for GRPO); None: no budget. The progress bar fills with it."""
+        return None
+
     def budget_spent(self) -> bool:
         """Whether the training budget (frames, iterations) is used up."""
-        return False
+        budget = self.budget()
+        return budget is not None and budget[0] >= budget[1]
 
     def on_train_start(self) -> None:
         # a run resumed from a checkpoint whose budget is spent stops before its first iteration:

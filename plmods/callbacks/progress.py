@@ -5,9 +5,43 @@ from __future__ import annotations
 from typing import Any
 
 from lightning.pytorch.callbacks import RichProgressBar
+from rich.progress import BarColumn, ProgressColumn, Task, TextColumn
+from rich.progress_bar import ProgressBar
+from rich.text import Text
 from typing_extensions import override
 
 __all__ = ["RLProgressBar"]
+
+
+def _budget(task: Task) -> tuple[float, float]:
+    """(spent, total) of the run's budget when the bar was given one, else the task's own count.
+    A field of the task: Lightning resets the count to 0 of 1 batch at every epoch start."""
+    spent, total = task.fields.get("budget", (task.completed, task.total or 1.0))
+    return min(spent, total), max(total, 1e-12)
+
+
+class BudgetBarColumn(BarColumn):
+    """Rich's bar, filled with the run's budget (frames or iterations spent of the total)."""
+
+    def render(self, task: Task) -> ProgressBar:
+        spent, total = _budget(task)
+        return ProgressBar(
+            total=total, completed=spent, width=None if self.bar_width is None else max(1, self.bar_width),
+            pulse=False, animation_time=task.get_time(), style=self.style, complete_style=self.complete_style,
+            finished_style=self.finished_style, pulse_style=self.pulse_style,
+        )  # fmt: skip
+
+
+class BudgetPercentColumn(ProgressColumn):
+    """The run's budget spent, in percent."""
+
+    def __init__(self, style: Any = None) -> None:
+        self.style = style
+        super().__init__()
+
+    def render(self, task: Task) -> Text:
+        spent, total = _budget(task)
+        return Text(f"{100.0 * spent / total:>3.0f}%", style=self.style or "")
 
 # logged key -> short label on the bar (the first present of each group of keys)
 _SHOWN: tuple[tuple[tuple[str, ...], str], ...] = (
@@ -28,8 +62,40 @@ class RLProgressBar(RichProgressBar):
     ``train/kl``, GRPO's ``train/kl_to_ref``, else PPO's ``approx_kl``), β where the module
     has a KL penalty, and throughput (frames/s, generated tokens/s).
 
+    The bar fills with the run's budget, not with the epoch's one batch: frames of
+    ``total_frames`` (control) or iterations of ``total_iterations`` (GRPO), from the module's
+    ``budget()`` (Lightning's batch count and it/s read 1/1 and 0.00it/s every iteration).
+
     Works with any module that logs those keys (``prog_bar=True`` or not).
     """
+
+    @override
+    def configure_columns(self, trainer: Any) -> list:
+        theme = self.theme
+        return [
+            TextColumn("[progress.description]{task.description}"),
+            BudgetBarColumn(complete_style=theme.progress_bar, finished_style=theme.progress_bar_finished,
+                            pulse_style=theme.progress_bar_pulse),
+            BudgetPercentColumn(style=theme.batch_progress),
+        ]  # fmt: skip
+
+    @override
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self.show_budget(pl_module)
+
+    @override
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self.show_budget(pl_module)
+
+    def show_budget(self, pl_module: Any) -> None:
+        """Give the training bar ``pl_module.budget()`` (spent, total), when the module has one."""
+        budget = getattr(pl_module, "budget", lambda: None)()
+        if budget is None or self.progress is None or self.train_progress_bar_id is None:
+            return
+        self.progress.update(self.train_progress_bar_id, budget=(float(budget[0]), float(budget[1])))
+        self.refresh()
 
     @override
     def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:

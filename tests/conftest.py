@@ -60,14 +60,14 @@ def run_train(tmp_path):
         )
         return popen, run_dir
 
-    def _finish(popen, run_dir, args, expect_ok, timeout) -> TrainRun:
+    def _finish(popen, run_dir, expect_ok, timeout) -> TrainRun:
         try:
             stdout, stderr = popen.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             popen.kill()
             popen.communicate()
             raise
-        result = TrainRun(subprocess.CompletedProcess(args, popen.returncode, stdout, stderr), run_dir)
+        result = TrainRun(subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr), run_dir)
         if expect_ok:
             assert popen.returncode == 0, result.output[-4000:]
         return result
@@ -80,13 +80,13 @@ def run_train(tmp_path):
         timeout: float = 300,
     ) -> TrainRun:
         popen, run_dir = _start(overrides, run_dir, env)
-        return _finish(popen, run_dir, popen.args, expect_ok, timeout)
+        return _finish(popen, run_dir, expect_ok, timeout)
 
     def _together(*jobs: tuple[tuple[str, ...], Path], timeout: float = 300) -> list[TrainRun]:
         """Independent ``(overrides, run_dir)`` runs started at once: a train.py process spends
         most of its ~6 s importing torch and Lightning on one core, so two overlap well on two."""
         started = [_start(overrides, run_dir, None) for overrides, run_dir in jobs]
-        return [_finish(popen, run_dir, popen.args, True, timeout) for popen, run_dir in started]
+        return [_finish(popen, run_dir, True, timeout) for popen, run_dir in started]
 
     _run.together = _together
     return _run

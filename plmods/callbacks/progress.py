@@ -43,6 +43,7 @@ class BudgetPercentColumn(ProgressColumn):
         spent, total = _budget(task)
         return Text(f"{100.0 * spent / total:>3.0f}%", style=self.style or "")
 
+
 # logged key -> short label on the bar (the first present of each group of keys)
 _SHOWN: tuple[tuple[tuple[str, ...], str], ...] = (
     (("frames",), "frames"),

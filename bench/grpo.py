@@ -48,10 +48,10 @@ def sft_model_dir(seed: int = 0) -> str:
 def run_plmods(
     model_dir: str, iterations: int, lr: float, seed: int, drop_uniform_groups: bool = True, beta: float = 0.0
 ) -> dict:
-    """GRPOModule under a Lightning Trainer; timings from the training iterations only."""
+    """LMModule.grpo under a Lightning Trainer; timings from the training iterations only."""
     import lightning as L
 
-    from plmods.algos.grpo import GRPOModule
+    from plmods.algos.lm import LMModule
     from plmods.envs.text import AdditionTask
     from plmods.models.lm import TinyCausalLM
     from plmods.utils import configure_torch, quiet_known_warnings
@@ -59,9 +59,9 @@ def run_plmods(
     configure_torch(1)
     quiet_known_warnings()
     L.seed_everything(seed, verbose=False)
-    module = GRPOModule(
-        env=AdditionTask(), model=TinyCausalLM(path=model_dir), prompts_per_batch=16, group_size=8,
-        num_iterations=2, max_new_tokens=8, total_iterations=iterations, lr=lr, seed=seed,
+    module = LMModule.grpo(
+        AdditionTask(), TinyCausalLM(path=model_dir), prompts_per_batch=16, group_size=8,
+        epochs=2, max_new_tokens=8, total_iterations=iterations, lr=lr, seed=seed,
         drop_uniform_groups=drop_uniform_groups, kl_coef=beta,
     )  # fmt: skip
 

@@ -92,7 +92,7 @@ def run_plmods(mode: str, steps: int, seed: int, threads: int, drop_uniform_grou
     import lightning as L
     import torch
 
-    from plmods.algos.grpo import GRPOModule
+    from plmods.algos.lm import LMModule
     from plmods.models.smollm2 import SmolLM2
     from plmods.utils import configure_torch, quiet_known_warnings
 
@@ -101,9 +101,9 @@ def run_plmods(mode: str, steps: int, seed: int, threads: int, drop_uniform_grou
     L.seed_everything(seed, verbose=False)
     task, heldout = _task_and_heldout(seed)
     lm = SmolLM2(lora=LORA if mode == "lora" else None)
-    module = GRPOModule(
-        env=task, model=lm, rewards={"correct": "plmods.rewards.last_number"}, prompts_per_batch=B, group_size=G,
-        max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, num_iterations=1, total_iterations=steps, lr=LR[mode],
+    module = LMModule.grpo(
+        task, lm, rewards={"correct": "plmods.rewards.last_number"}, prompts_per_batch=B, group_size=G,
+        max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, epochs=1, total_iterations=steps, lr=LR[mode],
         seed=seed, eval_problems=EVAL_PROBLEMS, eval_batch_size=EVAL_PROBLEMS, drop_uniform_groups=drop_uniform_groups,
     )  # fmt: skip
     module.configure_model()

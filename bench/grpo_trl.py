@@ -9,7 +9,7 @@ same stream plmods draws (``AdditionTask.sample`` with ``random.Random(seed)``, 
 excluded), already wrapped in the tokenizer's chat template so TRL sees plain-text prompts and the
 reward (``plmods.rewards.exact_match``) gets plain-text completions.
 
-Held-out accuracy is measured before and after training like ``GRPOModule.evaluate``: one sampled
+Held-out accuracy is measured before and after training like ``LMModule.evaluate``: one sampled
 completion per held-out problem (200 problems, ``seed + 1_000_003``), temperature 1, fixed seed.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/grpo_trl.py --model-dir ~/.cache/plmods/sft/<hash> --iterations 20
@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from plmods.algos.iteration import EVAL_SEED_OFFSET  # noqa: E402  (held-out set and eval seed as GRPOModule)
+from plmods.algos.iteration import EVAL_SEED_OFFSET  # noqa: E402  (held-out set and eval seed as LMModule)
 
 
 def _chat(tokenizer, prompt: str) -> str:
@@ -132,7 +132,7 @@ def run_trl(
     task = AdditionTask(digits=2)
     heldout = task.heldout(eval_problems, seed=seed + EVAL_SEED_OFFSET)
     task.exclude(heldout)
-    # the prompt stream of plmods' GRPOModule: successive task.sample(B, rng) calls with one rng
+    # the prompt stream of plmods' LMModule: successive task.sample(B, rng) calls with one rng
     problems = task.sample(iterations * prompts_per_batch, random.Random(seed))
     dataset = Dataset.from_list(
         [{"prompt": _chat(tokenizer, p["prompt"]), "answer": p["answer"]} for p in problems]

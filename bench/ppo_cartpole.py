@@ -170,16 +170,22 @@ def run_plmods(s: Settings, seed: int) -> Result:
     class TimedPPO(ControlModule):
         """ControlModule (PPO) with phase timers; behaviour unchanged."""
 
-        def collect(self):
-            frames_before = self.frames
-            with timers("collect"):
-                batch = super().collect()
-            window.add_batch(batch, frames_before)
-            return batch
+        def setup(self, stage):
+            super().setup(stage)
+            collect = self.rollout.collect
 
-        def prepare_batch(self, batch):
+            def timed_collect():
+                frames_before = self.frames
+                with timers("collect"):
+                    batch, stepped = collect()
+                window.add_batch(batch, frames_before)
+                return batch, stepped
+
+            self.rollout.collect = timed_collect
+
+        def estimate_advantage(self, batch):
             with timers("gae"):
-                return super().prepare_batch(batch)
+                return super().estimate_advantage(batch)
 
         def training_step(self, batch, batch_idx):
             with timers("train_step"):  # update + per-iteration logging
@@ -298,7 +304,7 @@ def run_bare(s: Settings, seed: int) -> Result:
         auto_register_policy_transforms=False,
     )
 
-    def evaluate() -> torch.Tensor:  # RLModule.evaluate, without obs_norm
+    def evaluate() -> torch.Tensor:  # ControlModule.evaluate, without obs_norm
         env = factory.make(num_envs=s.eval_episodes)
         try:
             return first_episode_returns(env, actor, factory.episode_limit, seed=seed + EVAL_SEED_OFFSET)

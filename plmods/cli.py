@@ -40,6 +40,30 @@ _INSPECT_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-
 _VALUE_FLAGS = {"-cd": "config_dir", "--config-dir": "config_dir", "-cn": "config_name", "--config-name": "config_name",
                 "-cp": "config_path", "--config-path": "config_path"}
 MAX_BUILT_JOBS = 8  # sweep jobs whose objects are constructed in the preflight; the rest: schema only
+# config paths renamed in 0.2 (the same knob has the same name in every algorithm): the old path
+# keeps working for one release, with a warning
+RENAMED = {
+    "algo.num_iterations": "algo.epochs",
+    "algo.kl_coef": "algo.loss.kl_coef",
+    "algo.clip_epsilon": "algo.loss.clip_epsilon",
+    "algo.clip_epsilon_high": "algo.loss.clip_epsilon_high",
+    "algo.aggregation": "algo.loss.aggregation",
+    "algo.entropy_coeff": "algo.loss.entropy_coeff",
+    "algo.loss.beta": "algo.loss.kl_coef",
+}
+
+
+def renamed_overrides(args: list[str]) -> list[str]:
+    """``args`` with every deprecated config path (``RENAMED``) replaced, one warning line each."""
+    out = []
+    for arg in args:
+        prefix = arg[: len(arg) - len(arg.lstrip("+~"))]
+        key, sep, value = arg[len(prefix) :].partition("=")
+        if key in RENAMED:
+            print(f"plmods: {key} is deprecated (removed in 0.3): use {RENAMED[key]}", file=sys.stderr)
+            arg = f"{prefix}{RENAMED[key]}{sep}{value}"
+        out.append(arg)
+    return out
 
 
 def _fail(err: ConfigError) -> None:
@@ -170,8 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     import hydra
     from omegaconf.errors import MissingMandatoryValue
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    sys.argv = [sys.argv[0], *args]
+    args = renamed_overrides(list(sys.argv[1:] if argv is None else argv))
+    sys.argv = [sys.argv[0], *args]  # (Lightning relaunches the other DDP ranks with these)
     verbose = os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
         preflight(args)

@@ -40,7 +40,7 @@ def _in_config_terms(error: ConfigError, path: str | None, node: Any) -> ConfigE
     keys = [k for k in node if k != "_target_"]
     if not keys:
         return error
-    pattern = re.compile(rf"(?<![\w.])({'|'.join(map(re.escape, keys))})(?=[=\s,).]|$)")
+    pattern = re.compile(rf"(?<![\w./])({'|'.join(map(re.escape, keys))})(?=[=\s,).]|$)")
     return ConfigError(pattern.sub(lambda m: f"{path}.{m.group(1)}", str(error)))
 
 
@@ -55,6 +55,12 @@ def _instantiate(node: Any, path: str | None = None, **kwargs: Any) -> Any:
         while cause is not None and not isinstance(cause, ConfigError):
             cause = cause.__cause__
         if cause is not None:
+            # a nested node's own constructor (e.g. algo.advantage): its keys, under its path
+            nested = re.search(r"full_key: (\S+)", str(err))
+            if path and isinstance(node, DictConfig) and nested and nested.group(1).startswith(path + "."):
+                inner = OmegaConf.select(node, nested.group(1)[len(path) + 1 :])
+                if isinstance(inner, DictConfig):
+                    raise _in_config_terms(cause, nested.group(1), inner) from None
             raise _in_config_terms(cause, path, node) from None
         raise
 
@@ -118,7 +124,7 @@ def _ddp_if_replicated(cfg: DictConfig, module: Any) -> None:
     strategy = cfg.trainer.get("strategy")
     if not isinstance(strategy, DictConfig) or not str(strategy.get("_target_", "")).endswith("ModelParallelStrategy"):
         return
-    if getattr(module, "shards_parameters", False):
+    if module.shards_parameters:
         return
     backend = "gloo" if cfg.trainer.get("accelerator") == "cpu" else "nccl"
     log.info("%s has nothing to shard: trainer.strategy runs as DDP (%s)", type(module).__name__, backend)
@@ -145,7 +151,7 @@ def startup_table(cfg: DictConfig, module: Any, trainer: L.Trainer, loggers: lis
         f"{cfg.ckpt_path} (iteration {checkpoint['plmods'].get('iteration')})" if checkpoint is not None else "no (new run)"
     )
     rows = [
-        ("algorithm", f"{getattr(module, 'algorithm', type(module).__name__)} ({type(module).__name__})"),
+        ("algorithm", f"{module.algorithm} ({type(module).__name__})"),
         ("env", f"{module.env_name()}" + (f" x {cfg.env.num_envs} envs" if "num_envs" in cfg.env else "")),
         ("model", model),
         ("lr / budget", f"{algo.get('lr')} / {budget}"),
@@ -161,11 +167,12 @@ def startup_table(cfg: DictConfig, module: Any, trainer: L.Trainer, loggers: lis
 
 def summarize(module: Any, cfg: DictConfig, process_s: float) -> dict[str, Any]:
     """The run's headline numbers (written to ``summary.json``): what every run has, then the
-    module's own (``module.summary()``: returns for control, accuracy before/after for GRPO)."""
+    module's own (``module.summary()``: returns for control, accuracy before/after for the LM
+    algorithms). ``module`` is a ``plmods.protocols.PlmodsModule``."""
     monitor = cfg.get("monitor")
     monitored = [row[monitor] for row in module.val_history if monitor in row]
     return {
-        "algo": getattr(module, "algorithm", type(module).__name__),
+        "algo": module.algorithm,
         "seed": cfg.get("seed"),
         "iterations": module.iteration,
         "wall_s": round(module.train_seconds, 3),
@@ -260,13 +267,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if trainer.is_global_zero:
         log.info("%s", startup_table(cfg, module, trainer, loggers, checkpoint))
-        if hasattr(module, "batch_plan"):
-            log.info("%s", module.batch_plan(trainer.world_size).table())
+        log.info("%s", module.batch_plan(trainer.world_size).table())
 
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         if isinstance(logger, WandbLogger):
-            set_x_axis(logger, getattr(module, "x_axis", "frames"))
+            set_x_axis(logger, module.x_axis)
 
     # plmods checkpoints hold tensors and plain data only: Lightning's weights-only load (plmods.checkpoint)
     trainer.fit(module, ckpt_path=ckpt_path)
@@ -275,8 +281,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.validate(module, verbose=False)  # the final policy always gets evaluated
 
     summary = summarize(module, cfg, time.perf_counter() - process_start)
-    if hasattr(module, "save_policy"):  # every rank: a sharded policy is gathered first; rank 0 writes
-        module.save_policy(str(Path(cfg.output_dir) / "policy"))
+    module.save_policy(str(Path(cfg.output_dir) / "policy"))  # every rank: a sharded policy is gathered first; rank 0 writes
     if trainer.is_global_zero:
         out = Path(cfg.output_dir) / "summary.json"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,12 @@ PPO_FAST = (
     "algo.total_frames=256",
 )
 
+# debug=fast_lm (budgets only) on a very small tiny_lm, with a reward every completion earns some of
+LM_FAST = (
+    "debug=fast_lm", "+algo.rewards.length=tests.rewards_for_tests.length_reward", "model.hidden_size=32", "model.num_layers=1",
+    "model.num_heads=2", "model.intermediate_size=64",
+)  # fmt: skip
+
 torch.set_num_threads(1)
 torch.set_flush_denormal(True)
 warnings.filterwarnings("ignore", category=UserWarning, module="torchrl")
@@ -82,11 +88,12 @@ def run_train(tmp_path):
         popen, run_dir = _start(overrides, run_dir, env)
         return _finish(popen, run_dir, expect_ok, timeout)
 
-    def _together(*jobs: tuple[tuple[str, ...], Path], timeout: float = 300) -> list[TrainRun]:
-        """Independent ``(overrides, run_dir)`` runs started at once: a train.py process spends
-        most of its ~6 s importing torch and Lightning on one core, so two overlap well on two."""
-        started = [_start(overrides, run_dir, None) for overrides, run_dir in jobs]
-        return [_finish(popen, run_dir, True, timeout) for popen, run_dir in started]
+    def _together(*jobs: tuple, timeout: float = 300) -> list[TrainRun]:
+        """Independent ``(overrides, run_dir[, expect_ok])`` runs started at once: a train.py
+        process spends most of its ~6 s importing torch and Lightning on one core, so two overlap
+        well on two."""
+        started = [(*_start(job[0], job[1], None), job[2] if len(job) > 2 else True) for job in jobs]
+        return [_finish(popen, run_dir, ok, timeout) for popen, run_dir, ok in started]
 
     _run.together = _together
     return _run

@@ -1,137 +1,51 @@
-"""torchrl's ``GRPOLoss`` fed by a fused response scorer, with the KL to the reference averaged
-over response tokens.
+"""torchrl's ``GRPOLoss`` on a memory-bounded response scorer, with the KL to the reference averaged
+over response tokens and its coefficient beta held by the loss.
 
-``MaskedGRPOLoss`` keeps torchrl's clipped objective, asymmetric clip, aggregation, entropy bonus
-and k3 KL, and changes three things:
+The clipped objective of GRPO (seed 003; DeepSeekMath) and of PPO is the same per token::
 
-1. Current log-probs come from ``ResponseScorer`` (one forward of the causal LM over prompt and
-   response, logits kept only at response positions) instead of ``TransformersWrapper``, whose
-   generate path forces the first token's log-prob to 0 and costs a second tokenisation.
+    L = -E[ min(ratio_t A_t, clip(ratio_t, 1 - eps_low, 1 + eps_high) A_t) ] + beta * KL_k3(pi || pi_ref)
+    ratio_t = pi_theta(o_t | q, o_<t) / pi_old(o_t | q, o_<t)
+
+so GRPO, REINFORCE (one on-policy pass: ratio = 1, the clip never binds and the gradient is
+-A grad log pi) and PPO-LM (``ppo_lm.py`` adds the critic) share this loss; they differ in their
+advantages. ``MaskedGRPOLoss`` keeps torchrl's clipped objective, asymmetric clip, aggregation,
+entropy bonus and k3 KL, and changes four things:
+
+1. Current log-probs come from ``plmods.models.scorer.ResponseScorer`` (the LM's hidden states,
+   then its head over chunks of valid tokens: never ``[N, T, V]`` logits) instead of torchrl's
+   ``TransformersWrapper``, whose generate path forces the first token's log-prob to 0.
 2. **KL averaging (a torchrl 0.14.1 bug).** ``GRPOLoss._kl_to_ref`` takes a plain mean over every
-   position of the padded tensor, prompt and padding included, so the effective beta shrinks with
-   prompt length (0.119 reported vs 0.773 over response tokens in one probe). Here the k3 KL
-   ``expm1(d) - d``, d = ref - cur (``plmods.algos.kl.k3``), is aggregated over response tokens like the objective
-   (token mean, or per-completion mean then mean). Pinned by ``tests/unit/test_grpo_loss.py``.
-3. The logged ``entropy``, ``clip_fraction`` and ``kl_approx`` are means over response tokens too
-   (upstream dilutes them the same way); ``kl_approx`` is the k3 estimate ``mean(expm1(log r) - log r)`` (per token, never negative)
-   of KL(pi_old || pi), as PPO's ``approx_kl`` here.
+   position of the padded tensor, prompt and padding included, so the effective beta shrinks
+   with prompt length (0.119 reported vs 0.773 over response tokens in one probe). Here the k3
+   KL ``expm1(d) - d``, d = ref - cur (``plmods.algos.kl.k3``), is aggregated over response tokens
+   like the objective. Pinned by ``tests/unit/test_grpo_loss.py``.
+3. The logged ``entropy``, ``clip_fraction`` and ``kl_approx`` are response-token means (upstream
+   dilutes them the same way); ``kl_approx`` is k3 of the ratio, as PPO's ``approx_kl`` here.
+4. **beta is a buffer of the loss** (``kl_coef``), its one owner: checkpointed once in the state
+   dict, read by the ``AdaptiveKL`` protocol through the module. torchrl keeps it as a plain float.
+   ``kl_penalty="loss"`` adds beta * k3 to the loss (GRPO); ``"reward"`` adds no term: the
+   module subtracts beta * (log pi_old - log pi_ref) from every token's reward instead (k1, as
+   RLOO and RLHF's PPO do), reading beta from here.
 """
 
 from __future__ import annotations
 
+import warnings
+from typing import Literal
+
 import torch
 from tensordict import TensorDictBase
-from torch import nn
-from torchrl.modules.distributions import LLMMaskedCategorical
 from torchrl.objectives.llm import GRPOLoss
 
 from plmods.algos.kl import k3
+from plmods.errors import require
+from plmods.models.scorer import ResponseScorer, token_scores
 
-__all__ = ["ResponseScorer", "MaskedGRPOLoss", "AGGREGATIONS", "selective_log_softmax"]
+__all__ = ["MaskedGRPOLoss", "AGGREGATIONS", "KL_PENALTIES", "ResponseScorer", "selective_log_softmax"]
 
 # our names -> torchrl's; torchrl calls the per-completion mean "prompt_mean"
 AGGREGATIONS = {"token_mean": "token_mean", "sequence_mean": "prompt_mean"}
-
-
-class ResponseScorer(nn.Module):
-    """Response-position logits ``[N, T, V]`` of a causal LM, divided by the sampling temperature.
-
-    ``input_ids`` are left-padded prompts followed by right-padded responses; position ids are
-    counted over the attention mask exactly as ``generate`` does, so these log-probs match the
-    sampling distribution.
-
-    **Shared prompts.** GRPO scores G completions of each prompt. With ``prompt_group`` (a group
-    id per row; rows of a group share their prompt) the prompt is run once per group, with
-    gradients, and its key/value cache is gathered to every row of the group before the responses
-    run on top of it: B * P + N * T tokens instead of N * (P + T) (2.3x fewer for 2-digit addition
-    with G = 8). Gradients flow through the gathered cache into the prompt computation, so the
-    loss and its gradient equal the plain forward's (tested to 1e-5).
-    """
-
-    def __init__(self, model: nn.Module, temperature: float = 1.0, share_prompts: bool = True) -> None:
-        super().__init__()
-        self.model = model
-        self.temperature = temperature
-        # off under gradient checkpointing: transformers then refuses the prompt's cache in training
-        self.share_prompts = share_prompts
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        num_response: int,
-        prompt_group: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if prompt_group is not None and self.share_prompts:
-            return self._shared_prompt_forward(input_ids, attention_mask, num_response, prompt_group)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)  # [N, P + T]
-        logits = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            logits_to_keep=num_response + 1,
-            use_cache=False,
-        ).logits  # [N, T + 1, V]
-        return logits[:, :-1].float() / self.temperature  # position k predicts response token k
-
-    def _shared_prompt_forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_response: int, prompt_group: torch.Tensor
-    ) -> torch.Tensor:
-        from transformers import DynamicCache
-
-        T = num_response
-        P = input_ids.shape[1] - T
-        _, inverse = torch.unique(prompt_group, return_inverse=True)  # row -> unique prompt
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        first = torch.full((int(inverse.max()) + 1,), input_ids.shape[0], dtype=torch.long, device=input_ids.device)
-        first = first.scatter_reduce(0, inverse, rows, "amin")  # [B]: the first row of each prompt
-        prompt_mask = attention_mask[first, :P]  # [B, P]
-        cache = DynamicCache()
-        prefill = self.model(
-            input_ids=input_ids[first, :P],
-            attention_mask=prompt_mask,
-            position_ids=(prompt_mask.cumsum(-1) - 1).clamp_min(0),
-            **{self._cache_argument(): cache},
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache.batch_select_indices(inverse)  # [B, ...] -> [N, ...], differentiable gather
-        first_logits = prefill.logits[inverse]  # [N, 1, V]: predicts response token 0
-        if T == 1:
-            return first_logits.float() / self.temperature
-        start = attention_mask[:, :P].sum(-1, keepdim=True)  # [N, 1] valid prompt tokens
-        rest = self.model(
-            input_ids=input_ids[:, P : P + T - 1],
-            attention_mask=attention_mask[:, : P + T - 1],
-            position_ids=start + torch.arange(T - 1, device=input_ids.device),
-            **{self._cache_argument(): cache},
-            use_cache=True,
-        ).logits  # [N, T - 1, V]: predict response tokens 1..T-1
-        return torch.cat([first_logits, rest], 1).float() / self.temperature
-
-    def _cache_argument(self) -> str:
-        if not hasattr(self, "_cache_name"):
-            from plmods.models.hf import cache_keyword
-
-            self._cache_name = cache_keyword(self.model)
-        return self._cache_name
-
-    def log_probs(self, batch: TensorDictBase, micro_batch_size: int | None = None) -> torch.Tensor:
-        """Per-token log-probs ``[N, T]`` of ``batch["response_tokens"]`` (0 where masked).
-
-        Memory-safe: rows run ``micro_batch_size`` at a time (whole prompt groups stay together
-        when rows of a group are adjacent), and only the sampled tokens' log-probs are kept
-        (``selective_log_softmax``), so at most ``micro_batch_size x T x V`` logits exist at once."""
-        n = batch.shape[0]
-        size = micro_batch_size or max(n, 1)
-        out = []
-        for first in range(0, n, size):
-            micro = batch[first : first + size]
-            tokens = micro["response_tokens"]
-            logits = self(micro["input_ids"], micro["attention_mask"], tokens.shape[-1], micro.get("prompt_group", None))
-            out.append(selective_log_softmax(logits, tokens).masked_fill(~micro["response_mask"], 0.0))
-            del logits
-        return torch.cat(out, 0) if out else batch["response_tokens"].new_zeros(0, batch["response_tokens"].shape[-1], dtype=torch.float32)
+KL_PENALTIES = ("loss", "reward")
 
 
 def selective_log_softmax(logits: torch.Tensor, tokens: torch.Tensor, rows_per_chunk: int = 8) -> torch.Tensor:
@@ -142,19 +56,78 @@ def selective_log_softmax(logits: torch.Tensor, tokens: torch.Tensor, rows_per_c
     return picked - norms
 
 
-class MaskedGRPOLoss(GRPOLoss):
-    """``GRPOLoss`` over a batch with keys ``input_ids``, ``attention_mask`` ``[N, P + T]``,
-    ``response_tokens``, ``response_mask``, ``old_log_probs``, ``advantage`` ``[N, T, 1]`` and,
-    when ``kl_to_ref_coeff > 0``, ``ref_log_probs`` ``[N, T]``."""
+class _ScoredTokens:
+    """What torchrl's ``GRPOLoss`` reads from a distribution: the mask of valid tokens (the
+    scorer computed log-probs and entropies itself)."""
 
-    def __init__(self, scorer: ResponseScorer, **kwargs) -> None:
-        super().__init__(scorer, **kwargs)
-        self.set_keys(
-            action="response_tokens",
-            sample_log_prob="old_log_probs",
-            ref_log_probs="ref_log_probs",
-            advantage="advantage",
-        )
+    def __init__(self, mask: torch.Tensor, entropy: torch.Tensor | None) -> None:
+        self.mask = mask
+        self.token_entropy = entropy
+
+
+class MaskedGRPOLoss(GRPOLoss):
+    """The clipped policy-gradient loss of GRPO / REINFORCE / PPO on language models.
+
+    Reads a batch with ``input_ids``, ``attention_mask`` ``[N, P + T]``, ``response_tokens``,
+    ``response_mask``, ``old_log_probs``, ``advantage`` ``[N, T, 1]`` and, with a KL term,
+    ``ref_log_probs`` ``[N, T]``.
+
+    Args:
+        scorer: the policy's ``ResponseScorer`` (``ResponseScores`` of the response tokens).
+        clip_epsilon: ratio clip (lower side, and upper side unless ``clip_epsilon_high``).
+        clip_epsilon_high: upper clip of DAPO's clip-higher (null: symmetric).
+        kl_coef: beta, the KL-to-reference coefficient (0: no reference policy at all).
+        kl_penalty: where the KL enters: ``loss`` (beta * k3, GRPO) or ``reward`` (-beta * k1 per
+            token, RLOO / RLHF PPO).
+        aggregation: ``token_mean`` (all response tokens of the batch) or ``sequence_mean``
+            (per-completion mean, then mean: the 1/|o_i| of the GRPO objective).
+        entropy_coeff: entropy bonus weight (0: off; the entropy is logged either way).
+    """
+
+    def __init__(
+        self,
+        scorer: ResponseScorer,
+        *,
+        clip_epsilon: float | tuple[float, float] = 0.2,
+        clip_epsilon_high: float | None = None,
+        kl_coef: float = 0.0,
+        kl_penalty: Literal["loss", "reward"] = "loss",
+        aggregation: str = "token_mean",
+        entropy_coeff: float = 0.0,
+        **deprecated,
+    ) -> None:
+        kl_coef, aggregation = _deprecated_arguments(deprecated, kl_coef, aggregation)
+        low, high = clip_epsilon if isinstance(clip_epsilon, (tuple, list)) else (clip_epsilon, clip_epsilon_high or clip_epsilon)
+        require(0 < low < 1, f"clip_epsilon must be in (0, 1), got {low}.")
+        require(high > 0, f"clip_epsilon_high must be > 0 or null, got {high}.")
+        require(kl_coef >= 0, f"kl_coef must be >= 0, got {kl_coef}.")
+        require(kl_penalty in KL_PENALTIES, f"kl_penalty must be one of {', '.join(KL_PENALTIES)}, got {kl_penalty!r}.")
+        require(aggregation in AGGREGATIONS, f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}.")
+        require(entropy_coeff >= 0, f"entropy_coeff must be >= 0, got {entropy_coeff}.")
+        self.kl_penalty = kl_penalty
+        super().__init__(
+            scorer, clip_epsilon=(low, high), aggregation=AGGREGATIONS[aggregation], entropy_bonus=entropy_coeff > 0,
+            entropy_coeff=entropy_coeff, kl_to_ref_coeff=None,
+        )  # fmt: skip
+        self.register_buffer("kl_coef", torch.tensor(float(kl_coef)))
+        self.set_keys(action="response_tokens", sample_log_prob="old_log_probs", ref_log_probs="ref_log_probs", advantage="advantage")
+
+    # torchrl reads the coefficient of its KL term from this attribute on every call
+    @property
+    def kl_to_ref_coeff(self) -> float | None:
+        if self.kl_penalty != "loss" or "kl_coef" not in self._buffers:
+            return None
+        return float(self.kl_coef)
+
+    @kl_to_ref_coeff.setter
+    def kl_to_ref_coeff(self, value: float | None) -> None:
+        if value is not None:  # (torchrl's __init__ assigns None before the buffer exists)
+            self.kl_coef.fill_(float(value))
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether a reference policy is needed: a KL term, in the loss or in the reward."""
+        return float(self.kl_coef) > 0
 
     def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
         """torch's signature: torchrl 0.14's ``LossModule.named_parameters`` drops
@@ -166,13 +139,13 @@ class MaskedGRPOLoss(GRPOLoss):
                 yield name, param
 
     def _get_cur_log_prob(self, tensordict: TensorDictBase):
-        tokens = tensordict["response_tokens"]  # [N, T]
         mask = tensordict["response_mask"]  # [N, T]
-        logits = self.actor_network(
-            tensordict["input_ids"], tensordict["attention_mask"], tokens.shape[-1], tensordict.get("prompt_group", None)
-        )
-        dist = LLMMaskedCategorical(logits=logits, mask=mask)
-        return dist.log_prob(tokens.masked_fill(~mask, -100)), dist, False
+        scores = self.actor_network(
+            tensordict["input_ids"], tensordict["attention_mask"], tensordict["response_tokens"], mask,
+            tensordict.get("prompt_group", None), entropy=True, entropy_grad=self.entropy_bonus,
+        )  # fmt: skip
+        self._scores = scores  # the hidden states, for a critic on the same trunk (MaskedPPOLoss)
+        return scores.log_probs, _ScoredTokens(mask, scores.entropy), False
 
     def _log_weight(self, tensordict: TensorDictBase, adv_shape: torch.Size):
         log_weight, dist, kl_approx, mask = super()._log_weight(tensordict, adv_shape)
@@ -181,13 +154,12 @@ class MaskedGRPOLoss(GRPOLoss):
             low, high = self._clip_bounds
             self._approx_kl = k3(lw).mean() if lw.numel() else lw.new_zeros(())
             self._clip_fraction = ((lw < low) | (lw > high)).float().mean() if lw.numel() else lw.new_zeros(())
+            entropy = dist.token_entropy
+            self._entropy = entropy[mask].mean() if entropy is not None and lw.numel() else lw.new_zeros(())
         return log_weight, dist, kl_approx, mask
 
-    def _get_entropy(self, dist, adv_shape: torch.Size) -> torch.Tensor:
-        entropy = super()._get_entropy(dist, adv_shape)  # [N, T, 1], 0 where masked
-        with torch.no_grad():
-            self._entropy = entropy.squeeze(-1)[dist.mask].mean()
-        return entropy
+    def _get_entropy(self, dist: _ScoredTokens, adv_shape: torch.Size) -> torch.Tensor:
+        return dist.token_entropy.unsqueeze(-1)  # [N, T, 1], 0 where masked
 
     def _kl_to_ref(
         self,
@@ -214,6 +186,23 @@ class MaskedGRPOLoss(GRPOLoss):
         out = super().forward(tensordict)
         out.kl_approx = self._approx_kl
         out.clip_fraction = self._clip_fraction
-        if self.entropy_bonus:
-            out.entropy = self._entropy
+        out.entropy = self._entropy
         return out
+
+
+def _deprecated_arguments(deprecated: dict, kl_coef: float, aggregation: str) -> tuple[float, str]:
+    """The 0.1 keyword names (torchrl's), kept for one release."""
+    renames = {"kl_to_ref_coeff": "kl_coef", "entropy_bonus": "entropy_coeff > 0"}
+    for name in deprecated:
+        require(name in renames, f"MaskedGRPOLoss has no argument {name!r}.")
+        warnings.warn(f"MaskedGRPOLoss({name}=...) is deprecated: use {renames[name]}.", DeprecationWarning, stacklevel=3)
+    if deprecated.get("kl_to_ref_coeff") is not None:
+        kl_coef = deprecated["kl_to_ref_coeff"]
+    if aggregation == "prompt_mean":
+        warnings.warn("aggregation='prompt_mean' is deprecated: use 'sequence_mean'.", DeprecationWarning, stacklevel=3)
+        aggregation = "sequence_mean"
+    return float(kl_coef), aggregation
+
+
+# the scorer moved to plmods.models.scorer; token_scores is its chunk computation
+__all__ += ["token_scores"]

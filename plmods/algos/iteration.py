@@ -22,6 +22,7 @@ from lightning import LightningModule
 from lightning.pytorch.strategies import ModelParallelStrategy, SingleDeviceStrategy
 from torch.utils.data import DataLoader
 
+from plmods.algos.batch_plan import BatchPlan
 from plmods.checkpoint import FORMAT, check_checkpoint, decode, encode
 from plmods.errors import ConfigError
 from plmods.rollout.dataset import iteration_loader
@@ -39,6 +40,8 @@ class IterationModule(LightningModule):
 
     # validation metrics a checkpoint or early-stopping callback may monitor
     val_metrics: tuple[str, ...] = ()
+    # the algorithm the module's parts make (summary.json's algo, checked on resume)
+    algorithm: str = "iteration"
     # the metric loggers plot against (W&B define_metric): logged with every iteration's metrics
     x_axis: str = "iteration"
     # whether configure_model shards parameters under ModelParallelStrategy (else: replicated)
@@ -54,6 +57,32 @@ class IterationModule(LightningModule):
         self._fit_start: float | None = None
         self._pending_rng: dict[str, Any] | None = None
         self._reset_iteration_stats()
+
+    # ------------------------------------------------------------------ the protocol (plmods.protocols)
+    # Every plmods module answers these the same way; a module with a KL coefficient or a
+    # reference overrides them. Set in __init__ (not class attributes) only where state is.
+    measured_kl: float | None = None
+    has_reference: bool = False
+
+    @property
+    def kl_coef(self) -> float | None:
+        """beta of the module's KL penalty; None: it has none (``AdaptiveKL`` then refuses it)."""
+        return None
+
+    @kl_coef.setter
+    def kl_coef(self, value: float) -> None:
+        raise ConfigError(f"{self.algorithm} has no KL coefficient to set (no KL penalty in its loss).")
+
+    def sync_reference(self, alpha: float) -> None:
+        """``ref <- alpha * policy + (1 - alpha) * ref``; a module without a reference refuses."""
+        raise ConfigError(f"{self.algorithm} has no reference policy to sync.")
+
+    def save_policy(self, path: str) -> None:
+        """The trained policy under ``path``; every rank calls it, rank 0 writes."""
+
+    def batch_plan(self, world_size: int = 1) -> BatchPlan:
+        """One iteration's sizes per rank and over ranks (logged at start-up)."""
+        return BatchPlan(world_size)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -231,9 +260,20 @@ class IterationModule(LightningModule):
     def sum_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
         """``value`` summed over all ranks (itself when not distributed), through the strategy's
         ``reduce``; every rank must call it."""
+        return self._reduce(value, "sum")
+
+    def mean_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """``value`` averaged over all ranks; every rank must call it."""
+        return self.sum_over_ranks(value) / self.world_size
+
+    def max_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """The largest ``value`` of all ranks; every rank must call it."""
+        return self._reduce(value, "max")
+
+    def _reduce(self, value: torch.Tensor, op: str) -> torch.Tensor:
         if self.world_size > 1:
             reduced = value.detach().clone().to(self.device)  # NCCL reduces device tensors only
-            return self.trainer.strategy.reduce(reduced, reduce_op="sum").to(value.device)
+            return self.trainer.strategy.reduce(reduced, reduce_op=op).to(value.device)
         return value
 
     # ------------------------------------------------------------------ summary
@@ -258,7 +298,7 @@ class IterationModule(LightningModule):
 
     def checkpoint_identity(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed by this module (``plmods.checkpoint``)."""
-        return {"module": getattr(self, "algorithm", type(self).__name__), "env": self.env_name()}
+        return {"module": self.algorithm, "env": self.env_name()}
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The bookkeeping every plmods checkpoint holds under ``checkpoint["plmods"]``."""

@@ -12,6 +12,8 @@ torchrl's PPO losses, and ``tests/unit/test_torchrl_internals.py`` fails if its 
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from tensordict import TensorDictBase
 from torchrl.objectives import ClipPPOLoss, KLPENPPOLoss
@@ -48,4 +50,11 @@ class K3ClipPPOLoss(_K3Mixin, ClipPPOLoss):
 
 
 class K3KLPENPPOLoss(_K3Mixin, KLPENPPOLoss):
-    """``KLPENPPOLoss`` with ``approx_kl`` (k3) in its output."""
+    """``KLPENPPOLoss`` with ``approx_kl`` (k3) in its output. Its penalty coefficient is
+    ``kl_coef`` (beta; the name every plmods algorithm uses), torchrl's ``beta`` buffer."""
+
+    def __init__(self, *args, kl_coef: float | None = None, **kwargs) -> None:
+        if "beta" in kwargs:
+            warnings.warn("K3KLPENPPOLoss(beta=...) is deprecated: use kl_coef.", DeprecationWarning, stacklevel=2)
+            kl_coef = kwargs.pop("beta") if kl_coef is None else kl_coef
+        super().__init__(*args, beta=1.0 if kl_coef is None else kl_coef, **kwargs)

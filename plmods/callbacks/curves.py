@@ -19,6 +19,7 @@ from typing_extensions import override
 
 from plmods.callbacks.episode_video import output_dir
 from plmods.errors import require
+from plmods.protocols import Evaluated
 
 __all__ = ["Curves", "plot_curves", "curve_panels", "COLOURS", "TRAIN_KEYS", "KL_KEYS"]
 
@@ -175,7 +176,8 @@ class Curves(Callback):
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         metrics = trainer.callback_metrics
-        row: dict[str, float] = {"iteration": float(getattr(pl_module, "iteration", trainer.current_epoch + 1))}
+        iteration = pl_module.iteration if isinstance(pl_module, Evaluated) else trainer.current_epoch + 1
+        row: dict[str, float] = {"iteration": float(iteration)}
         for key in TRAIN_KEYS:
             if key in metrics:
                 row[key] = float(metrics[key])
@@ -189,8 +191,9 @@ class Curves(Callback):
         if not trainer.is_global_zero:
             return
         directory = Path(self.dirpath) if self.dirpath is not None else output_dir(trainer)
-        x_axis = getattr(pl_module, "x_axis", "iteration")
-        val_history = list(getattr(pl_module, "val_history", []))
+        evaluated = isinstance(pl_module, Evaluated)
+        x_axis = pl_module.x_axis if evaluated else "iteration"
+        val_history = list(pl_module.val_history) if evaluated else []
         self.path = plot_curves(self.history, val_history, x_axis, directory / self.filename)
 
     @override

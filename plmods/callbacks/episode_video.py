@@ -28,6 +28,7 @@ from typing_extensions import override
 
 from plmods.envs.control import ControlEnv
 from plmods.errors import require
+from plmods.protocols import ControlPolicy, Evaluated
 
 __all__ = ["EpisodeVideo", "output_dir"]
 
@@ -139,11 +140,11 @@ class EpisodeVideo(Callback):
     # ------------------------------------------------------------------ recording
     @staticmethod
     def _supports(pl_module: LightningModule) -> bool:
-        return isinstance(getattr(pl_module, "env_factory", None), ControlEnv) and hasattr(pl_module, "actor")
+        return isinstance(pl_module, ControlPolicy) and isinstance(pl_module.env_factory, ControlEnv)
 
     def _target(self, trainer: Trainer, pl_module: LightningModule) -> Path:
         directory = Path(self.dirpath) if self.dirpath is not None else output_dir(trainer) / "videos"
-        iteration = pl_module.iteration if hasattr(pl_module, "iteration") else trainer.current_epoch
+        iteration = pl_module.iteration if isinstance(pl_module, Evaluated) else trainer.current_epoch
         return directory / f"{self.filename}-iter{int(iteration)}.gif"
 
     def make_env(self, pl_module: LightningModule) -> Any:
@@ -176,11 +177,10 @@ class EpisodeVideo(Callback):
             log.warning("EpisodeVideo: %s cannot be rendered as rgb_array (%s); episode videos are off.", factory.env_id, err)
             return None
 
-        # the evaluation env's transforms, built and loaded the way RLModule.evaluate does
+        # the evaluation env's transforms, built and loaded the way the module's evaluator does
         reference = factory.make(num_envs=1)
         try:
-            state_of = getattr(pl_module, "training_transform_state", None)  # RLModule's public hook
-            training_state = state_of() if state_of is not None else None
+            training_state = pl_module.training_transform_state()
             if training_state is not None and factory.obs_norm:
                 reference.transform.load_state_dict(training_state)
                 for transform in reference.transform:

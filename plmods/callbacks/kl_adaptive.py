@@ -13,7 +13,6 @@ The result is clamped to ``[min_kl_coef, max_kl_coef]``.
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, Literal
 
@@ -23,13 +22,12 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from plmods.errors import ConfigError, require
+from plmods.protocols import KLControlled
 
 __all__ = ["AdaptiveKL", "next_kl_coef"]
 
 RULES = ("ppo", "proportional")
 INTERVALS = ("epoch", "step")
-# what a module must expose for this callback
-PROTOCOL = ("kl_coef", "measured_kl")
 
 
 def next_kl_coef(
@@ -62,26 +60,15 @@ def next_kl_coef(
     raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}.")
 
 
-def _has_attribute(obj: Any, name: str) -> bool:
-    # Static lookup first: a property whose getter needs state built later (in the module's own
-    # setup, which runs after the callbacks') still counts as present. hasattr() then covers
-    # what nn.Module resolves dynamically (parameters, buffers, submodules).
-    try:
-        inspect.getattr_static(obj, name)
-    except AttributeError:
-        return hasattr(obj, name)
-    return True
-
-
 class AdaptiveKL(Callback):
     """Adapt ``pl_module.kl_coef`` once per policy iteration from ``pl_module.measured_kl``.
 
-    Works with any LightningModule that exposes:
+    Works with any LightningModule of the ``plmods.protocols.KLControlled`` protocol:
 
     - ``kl_coef``: the KL coefficient beta, a float attribute or property that this callback reads
-      and assigns (a Python float). The module owns beta and keeps it in its checkpoints (plmods'
-      modules hold it on their loss: a buffer for PPO-KL, checkpointed state for GRPO); this
-      callback stores no copy of it, so a checkpoint holds beta once;
+      and assigns (a Python float), None when the module has none. The module owns beta and keeps
+      it in its checkpoints (plmods' modules hold it as a buffer of their loss); this callback
+      stores no copy of it, so a checkpoint holds beta once;
     - ``measured_kl``: the KL measured over the last iteration (float or 0-dim tensor), or None when
       nothing was measured, in which case the iteration is skipped. The module sets it every
       iteration (a stale value would be used again). Under DDP or FSDP each rank reports the KL
@@ -185,29 +172,35 @@ class AdaptiveKL(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        missing = [attr for attr in PROTOCOL if not _has_attribute(pl_module, attr)]
-        if missing:
-            raise ConfigError(
-                f"callbacks.adaptive_kl needs a LightningModule with a `kl_coef` attribute (the KL "
-                f"coefficient, read and assigned) and a `measured_kl` attribute (the last iteration's "
-                f"KL, or None); {type(pl_module).__name__} has no {', '.join(missing)}."
-            )
-        if getattr(pl_module, "has_reference", True) is False:
-            raise ConfigError(
-                f"callbacks.adaptive_kl adapts the KL to a reference policy, but this {type(pl_module).__name__} "
-                "has none (GRPO: algo.kl_coef=0 builds none): set algo.kl_coef > 0 (e.g. 0.04) or drop the callback."
-            )
+        # plmods' modules answer kl_coef before their model exists: refused here, before any work;
+        # a module whose kl_coef needs its own setup (which runs after this one) is checked at train start
+        if isinstance(pl_module, KLControlled) and pl_module.kl_coef is None:
+            raise self._no_coefficient(pl_module)
+
+    @staticmethod
+    def _no_coefficient(pl_module: LightningModule) -> ConfigError:
+        return ConfigError(
+            f"callbacks.adaptive_kl adapts a KL coefficient, but this {getattr(pl_module, 'algorithm', type(pl_module).__name__)} "
+            "has none: use a loss with a KL penalty (algo=ppo_kl; the LM algorithms with algo.loss.kl_coef > 0, e.g. 0.04) "
+            "or drop the callback."
+        )
 
     # on_train_start, not on_fit_start: Lightning calls on_fit_start before it restores
     # trainer.global_step and, under strategies that restore after setup, this callback's state.
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        try:
-            if self.initial_kl_coef is not None and not self._restored:
-                pl_module.kl_coef = float(self.initial_kl_coef)
-            self._kl_coef = float(pl_module.kl_coef)
-        except AttributeError as err:  # e.g. a loss without a KL penalty behind the property
-            raise ConfigError(f"callbacks.adaptive_kl needs a KL coefficient to adapt: {err}") from None
+        if not isinstance(pl_module, KLControlled):
+            missing = [attr for attr in ("kl_coef", "measured_kl") if not hasattr(pl_module, attr)]
+            raise ConfigError(
+                f"callbacks.adaptive_kl needs a LightningModule with a `kl_coef` attribute (the KL "
+                f"coefficient, read and assigned) and a `measured_kl` attribute (the last iteration's "
+                f"KL, or None); {type(pl_module).__name__} has no {', '.join(missing)}."
+            )
+        if pl_module.kl_coef is None:
+            raise self._no_coefficient(pl_module)
+        if self.initial_kl_coef is not None and not self._restored:
+            pl_module.kl_coef = float(self.initial_kl_coef)
+        self._kl_coef = float(pl_module.kl_coef)
         self._restored = False
         if self._last_step is None:
             self._last_step = trainer.global_step

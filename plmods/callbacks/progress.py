@@ -10,6 +10,8 @@ from rich.progress_bar import ProgressBar
 from rich.text import Text
 from typing_extensions import override
 
+from plmods.protocols import HasBudget, KLControlled
+
 __all__ = ["RLProgressBar"]
 
 
@@ -92,7 +94,7 @@ class RLProgressBar(RichProgressBar):
 
     def show_budget(self, pl_module: Any) -> None:
         """Give the training bar ``pl_module.budget()`` (spent, total), when the module has one."""
-        budget = getattr(pl_module, "budget", lambda: None)()
+        budget = pl_module.budget() if isinstance(pl_module, HasBudget) else None
         if budget is None or self.progress is None or self.train_progress_bar_id is None:
             return
         self.progress.update(self.train_progress_bar_id, budget=(float(budget[0]), float(budget[1])))
@@ -120,11 +122,8 @@ class RLProgressBar(RichProgressBar):
 
 def _kl_coef(pl_module: Any, metrics: dict[str, Any]) -> float | None:
     """β now: the module's own (what the next iteration trains with), else the logged one; None
-    for a module without a KL penalty (PPO-clip raises, GRPO with β = 0 has none)."""
-    try:
-        beta = getattr(pl_module, "kl_coef", None)
-    except AttributeError:
-        beta = None
+    for a module without a KL penalty."""
+    beta = pl_module.kl_coef if isinstance(pl_module, KLControlled) else None
     if beta is None and "train/kl_coef" in metrics:
         beta = metrics["train/kl_coef"]
     if beta is None or float(beta) == 0.0:

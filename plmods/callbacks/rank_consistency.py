@@ -23,6 +23,7 @@ from torch.distributed.tensor import DTensor
 from typing_extensions import override
 
 from plmods.errors import require
+from plmods.protocols import Evaluated, KLControlled
 
 __all__ = ["RankConsistency", "state_digests", "first_difference"]
 
@@ -39,8 +40,8 @@ def state_digests(module: torch.nn.Module) -> dict[str, str]:
     its ``kl_coef`` when it has one."""
     digests = {name: _digest(t) for name, t in module.named_parameters()}
     digests.update({f"buffer:{name}": _digest(t) for name, t in module.named_buffers()})
-    kl_coef = getattr(module, "kl_coef", None)
-    if isinstance(kl_coef, (int, float, torch.Tensor)):
+    kl_coef = module.kl_coef if isinstance(module, KLControlled) else None
+    if kl_coef is not None:
         digests["kl_coef"] = repr(float(kl_coef))
     return digests
 
@@ -89,7 +90,7 @@ class RankConsistency(Callback):
         self.last = {
             "world_size": len(per_rank),
             "global_step": trainer.global_step,
-            "iteration": getattr(pl_module, "iteration", None),
+            "iteration": pl_module.iteration if isinstance(pl_module, Evaluated) else trainer.current_epoch,
             "tensors": len(digests),
             "digest": whole,
         }

@@ -20,6 +20,7 @@ from typing_extensions import override
 
 from plmods.errors import ConfigError, require
 from plmods.models.weights import mix_into
+from plmods.protocols import HasReference
 
 __all__ = ["RefPolicySync", "mix_into"]
 
@@ -27,10 +28,10 @@ __all__ = ["RefPolicySync", "mix_into"]
 class RefPolicySync(Callback):
     """Sync ``pl_module.ref_policy`` towards ``pl_module.policy`` every ``sync_every`` optimizer steps.
 
-    Works with any LightningModule exposing ``policy`` and ``ref_policy`` (two ``nn.Module`` of the
-    same structure), or a ``sync_reference(alpha)`` method doing the mix itself (plmods' GRPO:
-    with LoRA the reference is a second adapter on the policy's network, and only adapter weights
-    move) and a ``has_reference`` flag. The state (steps at the last sync, number of syncs) is saved in checkpoints;
+    Works with any LightningModule of the ``plmods.protocols.HasReference`` protocol
+    (``has_reference`` and a ``sync_reference(alpha)`` doing the mix itself: plmods' LM modules,
+    where with LoRA the reference is a second adapter on the policy's network and only adapter
+    weights move), or exposing ``policy`` and ``ref_policy`` (two ``nn.Module`` of the same structure). The state (steps at the last sync, number of syncs) is saved in checkpoints;
     the reference's weights are part of the module's own state dict.
 
     Args:
@@ -51,15 +52,15 @@ class RefPolicySync(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if hasattr(pl_module, "sync_reference"):
-            ok = getattr(pl_module, "has_reference", True)
+        if isinstance(pl_module, HasReference):
+            ok = pl_module.has_reference
         else:
             ok = getattr(pl_module, "policy", None) is not None and getattr(pl_module, "ref_policy", None) is not None
         if not ok:
             raise ConfigError(
-                "callbacks.ref_policy_sync needs a LightningModule with `policy` and `ref_policy` modules "
-                "(or `sync_reference` and `has_reference`); "
-                f"{type(pl_module).__name__} has none (for GRPO, a reference exists only when algo.kl_coef > 0)."
+                "callbacks.ref_policy_sync needs a LightningModule with a reference policy (`has_reference` and "
+                "`sync_reference`, or `policy` and `ref_policy` modules); "
+                f"{type(pl_module).__name__} has none (the LM algorithms build one only when algo.loss.kl_coef > 0)."
             )
 
     def should_sync(self, global_step: int) -> bool:
@@ -72,7 +73,7 @@ class RefPolicySync(Callback):
     ) -> None:
         step = trainer.global_step
         if self.should_sync(step):
-            if hasattr(pl_module, "sync_reference"):
+            if isinstance(pl_module, HasReference):
                 pl_module.sync_reference(self.alpha)
             else:
                 mix_into(pl_module.ref_policy, pl_module.policy, self.alpha)

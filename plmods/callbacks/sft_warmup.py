@@ -1,12 +1,12 @@
 """``SFTWarmup``: a supervised warm-up that runs before RL and hands the RL module a policy directory.
 
 A Lightning callback, so it is a stage of its own (not part of the algorithm's constructor) and
-works with any module exposing:
+works with any module of the ``plmods.protocols.WarmUpTarget`` protocol:
 
 - ``model_factory``: an ``HFCausalLM`` (``build_base``, ``tokenizer``, ``config_key``,
   ``with_path``): the callback replaces it with ``model_factory.with_path(<warmed-up dir>)``;
 - ``task``: a ``TextTask`` (``demonstrations``, ``settings``, ``excluded``);
-- ``seed``; optionally ``sft_stats`` (set to what happened).
+- ``seed``, ``policy_built`` and ``sft_stats`` (set to what happened).
 
 It runs in ``setup("fit")``, before ``configure_model`` builds the policy. The result is saved with
 ``save_pretrained`` under ``cache_dir/<key>`` (a temporary directory renamed into place, so a crash
@@ -32,6 +32,7 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from plmods.errors import ConfigError, require
+from plmods.protocols import WarmUpTarget
 from plmods.utils import atomic_directory
 
 __all__ = ["SFTWarmup"]
@@ -81,13 +82,13 @@ class SFTWarmup(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit" or self.steps == 0:
             return
-        for attr in ("model_factory", "task", "seed"):
-            if not hasattr(pl_module, attr):
-                raise ConfigError(
-                    f"callbacks.sft_warmup needs a LightningModule with `model_factory`, `task` and `seed` "
-                    f"(e.g. plmods' GRPOModule); {type(pl_module).__name__} has no {attr}."
-                )
-        if getattr(pl_module, "policy_built", False):
+        if not isinstance(pl_module, WarmUpTarget):
+            missing = [a for a in ("model_factory", "task", "seed", "policy_built", "sft_stats") if not hasattr(pl_module, a)]
+            raise ConfigError(
+                f"callbacks.sft_warmup needs a language module (model_factory, task, seed, policy_built, sft_stats: "
+                f"plmods' LMModule); {type(pl_module).__name__} has no {', '.join(missing)}."
+            )
+        if pl_module.policy_built:
             raise ConfigError("callbacks.sft_warmup must run before the policy is built (configure_model).")
         lm, task = pl_module.model_factory, pl_module.task
         seed = pl_module.seed if self.seed is None else self.seed
@@ -100,8 +101,7 @@ class SFTWarmup(Callback):
         if (target / "config.json").is_file():
             pl_module.model_factory = lm.with_path(str(target))
             self.stats = self.stats or {"steps": self.steps, "cached": str(target)}
-        if hasattr(pl_module, "sft_stats"):
-            pl_module.sft_stats = self.stats
+        pl_module.sft_stats = self.stats
 
     def warm_up(self, lm, task, seed: int = 0, root: str | Path | None = None):
         """The same stage without a Trainer (one process): returns ``lm`` pointed at the
@@ -135,5 +135,5 @@ class SFTWarmup(Callback):
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if hasattr(pl_module, "sft_stats") and self.stats is not None:
+        if isinstance(pl_module, WarmUpTarget) and self.stats is not None:
             pl_module.sft_stats = self.stats  # restored from a checkpoint

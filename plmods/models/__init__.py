@@ -6,6 +6,9 @@ _LAZY = {
     "char_tokenizer": "plmods.models.lm",
     "HFCausalLM": "plmods.models.hf",
     "SmolLM2": "plmods.models.smollm2",
+    "ValueHead": "plmods.models.critic",
+    "CriticModel": "plmods.models.critic",
+    "ResponseScorer": "plmods.models.scorer",
 }
 
 
@@ -17,4 +20,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["MLPActorCritic", "HFCausalLM", "SmolLM2", "TinyCausalLM", "char_tokenizer"]
+__all__ = ["CriticModel", "HFCausalLM", "MLPActorCritic", "ResponseScorer", "SmolLM2", "TinyCausalLM", "ValueHead", "char_tokenizer"]

@@ -8,7 +8,7 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 
-__all__ = ["first_episode_returns"]
+__all__ = ["EpisodeReturns", "first_episode_returns"]
 
 
 @torch.no_grad()
@@ -43,3 +43,37 @@ def first_episode_returns(
     if not finished.all():
         raise RuntimeError(f"evaluation episodes did not end within {max_steps} steps")
     return returns
+
+
+class EpisodeReturns:
+    """The evaluator of the control algorithms: ``eval_episodes`` deterministic episodes, one per
+    env of a fresh vector env (~20 ms to build: no state leaks from one evaluation to the next),
+    seeded the same at every evaluation, under the training env's observation statistics (frozen).
+
+    Args:
+        env: the env factory.
+        eval_episodes: episodes per evaluation.
+        seed: the evaluation seed.
+    """
+
+    metrics = ("val/episode_return", "val/episode_return_std")
+
+    def __init__(self, env, eval_episodes: int, seed: int) -> None:
+        self.env_factory = env
+        self.eval_episodes = eval_episodes
+        self.seed = seed
+
+    def evaluate(self, actor: Callable[[TensorDictBase], TensorDictBase], transform_state: dict | None = None) -> torch.Tensor:
+        """Returns ``[eval_episodes]`` of ``actor``'s deterministic actions."""
+        from torchrl.envs import VecNormV2
+
+        env = self.env_factory.make(num_envs=self.eval_episodes)
+        try:
+            if transform_state is not None and self.env_factory.obs_norm:
+                env.transform.load_state_dict(transform_state)
+                for transform in env.transform:
+                    if isinstance(transform, VecNormV2):
+                        transform.freeze()
+            return first_episode_returns(env, actor, self.env_factory.episode_limit, seed=self.seed)
+        finally:
+            env.close()

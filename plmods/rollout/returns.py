@@ -4,7 +4,12 @@
 
 Baselines: ``none`` (b = 0), ``moving_average`` (a running mean of the batches' returns-to-go,
 updated after use, so it never depends on the current batch's actions) and ``value``
-(b_t = V(s_t), the critic, which the loss regresses on G_t). torchrl's ``TD1Estimator`` gives the
+(b_t = V(s_t), the critic, which the loss regresses on G_t).
+
+``normalize_advantage`` divides the batch's advantages by their standard deviation and does not
+re-centre them: centring is the baseline's job. (Standardising, as before 0.2, subtracted the
+batch mean from every baseline's advantages, so ``none`` and ``moving_average`` gave identical
+advantages and ``none`` was batch-mean centring, not b = 0.) torchrl's ``TD1Estimator`` gives the
 ``value`` case but bootstraps time-limit truncations and has no critic-free baselines; batches
 here are whole episodes, so G_t is exact and one object covers all three.
 """
@@ -39,7 +44,7 @@ class MonteCarloAdvantage(nn.Module):
         gamma: discount of the returns-to-go.
         baseline: ``none``, ``moving_average`` or ``value``.
         baseline_decay: weight of the old value in the moving-average baseline.
-        normalize_advantage: standardise the batch's advantages.
+        normalize_advantage: divide the batch's advantages by their std (no re-centring).
 
     ``uses_critic`` is False unless ``baseline="value"``: then no critic needs training.
     The moving average is a buffer, so checkpoints hold it.
@@ -64,6 +69,7 @@ class MonteCarloAdvantage(nn.Module):
         self.baseline_decay = baseline_decay
         self.normalize_advantage = normalize_advantage
         self.uses_critic = baseline == "value"
+        self.reduce_mean = None  # set by the module under DDP: a tensor's mean over ranks
         self.register_buffer("moving_baseline", torch.zeros(()))
         self.register_buffer("moving_baseline_initialized", torch.zeros((), dtype=torch.bool))
 
@@ -75,11 +81,13 @@ class MonteCarloAdvantage(nn.Module):
             advantage = g - self.value_network(steps.select("observation").clone())["state_value"]
         elif self.baseline == "moving_average":
             advantage = g - self.moving_baseline
-            self._update_moving_baseline(g.mean())
+            batch_mean = g.mean()
+            # under DDP the mean over every rank's batch: every rank keeps the same baseline
+            self._update_moving_baseline(self.reduce_mean(batch_mean) if self.reduce_mean is not None else batch_mean)
         else:
             advantage = g.clone()
         if self.normalize_advantage and advantage.numel() > 1:
-            advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+            advantage = advantage / (advantage.std() + 1e-8)
         steps.set("advantage", advantage)
         return steps
 

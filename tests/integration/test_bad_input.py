@@ -48,7 +48,7 @@ def test_grpo_without_the_llm_extra_names_the_extra(tmp_path):
     proc = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines() == [
-        "plmods: invalid setting: algo._target_=plmods.algos.GRPOModule needs the 'llm' extra "
+        "plmods: invalid setting: algo._target_=plmods.algos.LMModule needs the 'llm' extra "
         "(transformers is not installed): pip install 'plmods[llm]'."
     ]
     assert not (tmp_path / "run").exists()

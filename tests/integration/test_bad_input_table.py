@@ -20,7 +20,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 PPO = ["debug=fast", "logger=none"]
-GRPO = ["experiment=grpo_addition", "debug=fast_lm", "logger=none"]
+SMALL_LM = ["model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64"]
+GRPO = ["experiment=grpo_addition", "debug=fast_lm", "logger=none", *SMALL_LM]
+REINFORCE_LM = ["experiment=reinforce_addition", "debug=fast_lm", "logger=none", *SMALL_LM]
+PPO_LM = ["experiment=ppo_addition", "debug=fast_lm", "logger=none", *SMALL_LM]
 
 # (base, overrides, fragment of the one line after "plmods: invalid setting: ")
 TABLE: list[tuple[list[str], list[str], str]] = [
@@ -61,7 +64,7 @@ TABLE: list[tuple[list[str], list[str], str]] = [
     (PPO, ["+algo.lrr=1"], "algo.lrr is not a setting of ControlModule; its settings: adam_eps"),
     (PPO, ["+env.bogus=1"], "env.bogus is not a setting of ControlEnv"),
     (PPO, ["+algo.loss.clip_epsylon=0.1"], "algo.loss.clip_epsylon is not a setting of K3ClipPPOLoss"),
-    (PPO, ["algo=bogus"], "algo=bogus is not an option of the algo group; options: grpo, ppo, ppo_kl, reinforce."),
+    (PPO, ["algo=bogus"], "algo=bogus is not an option of the algo group; options: grpo, ppo, ppo_kl, ppo_lm, reinforce, reinforce_lm."),
     (PPO, ["env=cartpol"], "env=cartpol is not an option of the env group; options: acrobot, addition, cartpole, countdown, pendulum."),
     (PPO, ["experiment=bogus"], "experiment=bogus is not an option of the experiment group"),
     (PPO, ["seed=0,1"], "Ambiguous value for argument 'seed=0,1'"),
@@ -113,24 +116,44 @@ TABLE: list[tuple[list[str], list[str], str]] = [
     (GRPO, ["algo.group_size=1"], "algo.group_size must be >= 2"),
     (GRPO, ["algo.rewards=[1,2]"], "algo.rewards=[1,2]: a list cannot replace a mapping here"),
     (GRPO, ["algo.minibatch_size=7"], "algo.minibatch_size=7 must divide the completions of a round"),
-    (GRPO, ["algo.aggregation=bogus"], "algo.aggregation must be one of token_mean, sequence_mean"),
+    (GRPO, ["algo.loss.aggregation=bogus"], "algo.loss.aggregation must be one of token_mean, sequence_mean"),
     (GRPO, ["algo.eval_problems=100000"], "algo.eval_problems=100000 is more than the task can hold out"),
     (GRPO, ["algo.temperature=hot"], "algo.temperature='hot' must be a number"),
     (GRPO, ["env.digits=0"], "env.digits must be in 1..9, got 0"),
     (GRPO, ["model.lora=[1]"], "model.lora=[1]: a list cannot replace a mapping here"),
     (GRPO, ["model.hidden_size=big"], "model.hidden_size='big' must be an integer"),
     (GRPO, ["callbacks.sft_warmup.steps=abc"], "callbacks.sft_warmup.steps='abc' must be an integer"),
-    (GRPO, ["monitor=val/episode_return"], "monitor=val/episode_return is not logged by GRPOModule"),
+    (GRPO, ["monitor=val/episode_return"], "monitor=val/episode_return is not logged by LMModule"),
     (["experiment=grpo_addition", "logger=none"], ["model=hf_causal_lm"], "model.path has no default and must be set (model.path=...)."),
     (["experiment=grpo_addition", "logger=none"], ["model=hf_causal_lm", "model.path={empty_dir}"], "holds no config.json"),
     (["experiment=grpo_addition", "logger=none"], ["model=hf_causal_lm", "model.path=/no/such/model"], "model.path='/no/such/model' is not a local directory"),
-    (GRPO, ["debug=fast"], "algo.frames_per_batch is not a setting of GRPOModule"),
+    (GRPO, ["debug=fast"], "algo.frames_per_batch is not a setting of LMModule"),
     (GRPO, ["model.lora.r=-1"], "model.lora.r must be >= 0 (0: no LoRA), got -1"),
     (GRPO, ["model.lora.rank=4"], "model.lora.rank is not a setting"),
     (GRPO, ["model.chat_template=false", "model.system_prompt=hi"], "model.system_prompt needs model.chat_template=true"),
     (GRPO, ["env.prompt_template=sum"], "env.prompt_template must contain {a} and {b}, got 'sum'"),
     (GRPO, ["algo.micro_batch_size=0"], "algo.micro_batch_size must be >= 1 or null, got 0"),
-    (["algo=grpo", "logger=none"], ["monitor=val/accuracy"], "algo=grpo needs a text task (env=addition or env=countdown)"),
+    (["algo=grpo", "logger=none"], ["monitor=val/accuracy"], "GRPO on a language model needs a text task (env=addition or env=countdown)"),
+    (["algo=ppo_lm", "logger=none"], ["monitor=val/accuracy"], "PPO on a language model needs a text task (env=addition or env=countdown)"),
+    # the language algorithms' parts: loss, advantage, critic, loop
+    (GRPO, ["algo.epochs=0"], "algo.epochs must be >= 1, got 0"),
+    (GRPO, ["algo.micro_batch_tokens=0"], "algo.micro_batch_tokens must be >= 1, got 0"),
+    (GRPO, ["algo.logits_chunk_size=0"], "algo.logits_chunk_size must be >= 1, got 0"),
+    (GRPO, ["algo.loss.kl_penalty=both"], "algo.loss.kl_penalty='both' must be one of 'loss', 'reward'"),
+    (GRPO, ["algo.loss.kl_coef=-0.1"], "algo.loss.kl_coef must be >= 0, got -0.1"),
+    (GRPO, ["algo.loss.clip_epsilon=1.5"], "algo.loss.clip_epsilon must be in (0, 1), got 1.5"),
+    (GRPO, ["algo/advantage=bogus"], "algo/advantage=bogus is not an option of the algo/advantage group; options: gae"),
+    (GRPO, ["+algo/critic=value_head"], "algo.loss MaskedGRPOLoss has no critic: set algo.critic to null"),
+    (GRPO, ["algo/advantage=token_gae"], "algo.advantage TokenGAE needs a critic's values: set algo.critic"),
+    (REINFORCE_LM, ["algo.advantage.baseline=mean"], "algo.advantage.baseline must be one of none, moving_average, leave_one_out, got 'mean'"),
+    (REINFORCE_LM, ["algo.advantage.gamma=0"], "algo.advantage.gamma must be in (0, 1], got 0"),
+    (REINFORCE_LM, ["algo.advantage.baseline_decay=1"], "algo.advantage.baseline_decay must be in [0, 1), got 1"),
+    (PPO_LM, ["algo.critic=null"], "algo.loss MaskedPPOLoss needs a critic: set algo.critic"),
+    (PPO_LM, ["algo.loss.critic_coeff=-1"], "algo.loss.critic_coeff must be >= 0, got -1"),
+    (PPO_LM, ["algo.loss.clip_value=0"], "algo.loss.clip_value must be > 0 or null, got 0"),
+    (PPO_LM, ["algo.advantage.lmbda=2"], "algo.advantage.lmbda must be in [0, 1], got 2"),
+    (PPO_LM, ["algo/critic=critic_model", "algo.critic.path=/no/such/critic"], "algo.critic.path='/no/such/critic' is not a saved transformers model"),
+    (PPO_LM, ["algo.critic.path={empty_dir}"], "algo.critic.path='{empty_dir}' holds no value_head.safetensors"),
     (PPO, ["algo=reinforce", "env.workers=2"], "env.workers=2 needs fixed-size batches"),
 ]
 
@@ -178,7 +201,8 @@ def test_every_bad_input_is_one_line_exit_2_and_harms_nothing(previous_runs):
     root, files = previous_runs
     cases = []
     for base, overrides, _ in TABLE:
-        run_dir = files["grpo_dir"] if base is GRPO or "experiment=grpo_addition" in base else files["ppo_dir"]
+        lm = any(b is base for b in (GRPO, REINFORCE_LM, PPO_LM)) or "experiment=grpo_addition" in base
+        run_dir = files["grpo_dir"] if lm else files["ppo_dir"]
         argv = [*base, *(_fill(o, files) for o in overrides)]
         if not any(a.startswith("hydra.run.dir=") for a in argv):
             argv.append(f"hydra.run.dir={run_dir}")

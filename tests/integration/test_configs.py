@@ -7,7 +7,7 @@ import torch
 from hydra.utils import instantiate
 from lightning import Trainer
 
-from plmods.algos import GRPOModule, RLModule
+from plmods.algos import ControlModule, LMModule
 from plmods.envs import ControlEnv, TextTask
 from plmods.models import HFCausalLM, MLPActorCritic, TinyCausalLM
 
@@ -18,9 +18,16 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
 
 
+LM_EXPERIMENTS = ("grpo", "reinforce_addition", "reinforce_smollm2", "ppo_addition", "ppo_smollm2")
+
+
+def _is_lm(experiment: str) -> bool:
+    return experiment.startswith(LM_EXPERIMENTS)
+
+
 def _lm_fast(experiment: str) -> tuple[str, ...]:
-    # language presets: a tiny LM and a short SFT so that building the module stays cheap
-    return ("debug=fast_lm", "++callbacks.sft_warmup.cache_dir=null") if experiment.startswith("grpo") else ()
+    # language presets: a short SFT so that building the module stays cheap
+    return ("debug=fast_lm", "++callbacks.sft_warmup.cache_dir=null") if _is_lm(experiment) else ()
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +46,14 @@ def test_experiments_instantiate(compose_cfg, experiment, local_llama):
     env = instantiate(cfg.env)
     model = instantiate(cfg.model)
     module = instantiate(cfg.algo, env=env, model=model)
-    if experiment.startswith("grpo"):
+    if _is_lm(experiment):
         expected = HFCausalLM if "smollm2" in experiment else TinyCausalLM
         assert isinstance(env, TextTask) and isinstance(model, expected)
-        assert isinstance(module, GRPOModule)
+        assert isinstance(module, LMModule) and module.algorithm == experiment.split("_")[0].upper()
         assert module.hparams.total_iterations == cfg.algo.total_iterations
     else:
         assert isinstance(env, ControlEnv) and isinstance(model, MLPActorCritic)
-        assert isinstance(module, RLModule)
+        assert isinstance(module, ControlModule)
         assert module.hparams.total_frames == cfg.algo.total_frames
     assert f"{type(module).__module__}.{type(module).__name__}".endswith(cfg.algo._target_.split(".")[-1])
     assert cfg.monitor in module.val_metrics  # what best.ckpt and early stopping watch
@@ -121,7 +128,7 @@ def test_algo_yaml_mirrors_module_signature(compose_cfg, algo):
 
     from hydra.utils import get_class
 
-    overrides = ("env=addition", "model=tiny_lm", *_lm_fast("grpo")) if algo == "grpo" else ()
+    overrides = ("env=addition", "model=tiny_lm", *_lm_fast("grpo")) if algo in ("grpo", "reinforce_lm", "ppo_lm") else ()
     cfg = compose_cfg(f"algo={algo}", *overrides)
     cls = get_class(cfg.algo._target_)
     params = set(inspect.signature(cls.__init__).parameters) - {"self", "env", "model"}
@@ -165,3 +172,33 @@ def _estimator_settings(module):
     values = {key: getattr(estimator, key, None) for key in ("gamma", "lmbda", "baseline", "baseline_decay",
                                                               "normalize_advantage")}  # fmt: skip
     return type(estimator), {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in values.items()}
+
+
+@pytest.mark.parametrize("algo", ["reinforce", "ppo"])
+def test_smollm2_presets_share_grpos_task_model_and_round(compose_cfg, algo):
+    grpo, other = compose_cfg("experiment=grpo_smollm2_addition"), compose_cfg(f"experiment={algo}_smollm2_addition")
+    assert other.env == grpo.env and other.model == grpo.model and other.num_threads == grpo.num_threads
+    for key in ("prompts_per_batch", "group_size", "max_new_tokens", "temperature", "total_iterations", "lr", "rewards", "eval_problems"):
+        assert other.algo[key] == grpo.algo[key], key
+    assert other.algo._target_ == grpo.algo._target_ == "plmods.algos.LMModule" and other.algo.loss != grpo.algo.loss
+
+
+def test_related_presets_inherit(compose_cfg):
+    """ppo_kl is ppo with another loss; tiny_lm is hf_causal_lm with a size; one override switches
+    GRPO between outcome and process advantages."""
+    ppo, ppo_kl = compose_cfg("algo=ppo"), compose_cfg("algo=ppo_kl")
+    assert {k: v for k, v in ppo_kl.algo.items() if k not in ("loss", "anneal_clip_epsilon")} == {
+        k: v for k, v in ppo.algo.items() if k not in ("loss", "anneal_clip_epsilon")
+    }
+    tiny, hf = compose_cfg("model=tiny_lm"), compose_cfg("model=hf_causal_lm")
+    assert set(hf.model) - {"_target_", "path"} <= set(tiny.model)
+    process = compose_cfg("experiment=grpo_addition", "algo/advantage=process")
+    assert process.algo.advantage._target_ == "plmods.rollout.ProcessAdvantage"
+
+
+def test_debug_fast_lm_shrinks_budgets_of_any_model(compose_cfg, local_llama):
+    cfg = compose_cfg("experiment=ppo_addition", "model=hf_causal_lm", f"model.path={local_llama}", "debug=fast_lm",
+                      "++callbacks.sft_warmup.steps=0")  # fmt: skip
+    module = instantiate(cfg.algo, env=instantiate(cfg.env), model=instantiate(cfg.model))
+    assert module.hparams.total_iterations == 4 and module.hparams.prompts_per_batch == 4
+    assert isinstance(module.model_factory, HFCausalLM)

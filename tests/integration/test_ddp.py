@@ -7,12 +7,13 @@ import json
 
 import pytest
 import torch
+from conftest import LM_FAST as TINY_LM_FAST
 from conftest import PPO_FAST
 
 pytestmark = pytest.mark.ddp
 
 CHECK = "+callbacks@callbacks.rank_consistency=rank_consistency"
-LM_FAST = ("debug=fast_lm", "+algo.rewards.length=tests.rewards_for_tests.length_reward", "logger=none")
+LM_FAST = (*TINY_LM_FAST, "logger=none")
 
 
 def _consistency(run) -> dict:
@@ -96,7 +97,7 @@ def test_ppo_kl_under_the_fsdp_preset_resumes_exactly(run_train, tmp_path):
 
 def test_grpo_ddp_ranks_draw_their_own_prompts_and_agree(run_train, tmp_path):
     run = run_train(
-        "experiment=grpo_addition", *LM_FAST, "trainer=ddp_sim", "algo.kl_coef=0.05", CHECK,
+        "experiment=grpo_addition", *LM_FAST, "trainer=ddp_sim", "algo.loss.kl_coef=0.05", CHECK,
         f"callbacks.sft_warmup.cache_dir={tmp_path / 'sft'}",
     )  # fmt: skip
     assert run.summary["iterations"] == 4 and _consistency(run)["world_size"] == 2
@@ -110,7 +111,7 @@ def test_grpo_ddp_ranks_draw_their_own_prompts_and_agree(run_train, tmp_path):
 @pytest.mark.parametrize("lora", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["full", "lora"])
 def test_grpo_fsdp_shards_syncs_the_reference_and_resumes_exactly(run_train, tmp_path, lora):
     args = (
-        "experiment=grpo_addition", *LM_FAST, "trainer=fsdp_sim", "algo.kl_coef=0.05",
+        "experiment=grpo_addition", *LM_FAST, "trainer=fsdp_sim", "algo.loss.kl_coef=0.05",
         "callbacks=[default,ref_policy_sync,adaptive_kl,rank_consistency]",
         "callbacks.ref_policy_sync.sync_every=3", "callbacks.ref_policy_sync.alpha=0.5",
         f"callbacks.sft_warmup.cache_dir={tmp_path / 'sft'}",
@@ -138,7 +139,7 @@ def test_fsdp_trains_the_same_policy_as_ddp(run_train, tmp_path):
     from safetensors.torch import load_file
 
     sft = tmp_path / "sft"
-    args = ("experiment=grpo_addition", *LM_FAST, "algo.kl_coef=0.05", f"callbacks.sft_warmup.cache_dir={sft}",
+    args = ("experiment=grpo_addition", *LM_FAST, "algo.loss.kl_coef=0.05", f"callbacks.sft_warmup.cache_dir={sft}",
             "callbacks=[default,ref_policy_sync]", "callbacks.ref_policy_sync.sync_every=3",
             "callbacks.ref_policy_sync.alpha=0.5")  # fmt: skip
     ddp = run_train(*args, "trainer=ddp_sim", run_dir=tmp_path / "ddp")

@@ -118,7 +118,7 @@ def test_grpo_logs_the_custom_reward(tmp_path):
     assert result["iteration"] == 2
     ckpt = _checkpoint(out, example_code=True)
     assert ckpt["plmods"]["iteration"] == 2
-    assert ckpt["global_step"] == 2 * ckpt["hyper_parameters"]["num_iterations"]  # mu steps per round
+    assert ckpt["global_step"] == 2 * ckpt["hyper_parameters"]["epochs"]  # mu steps per round
 
     rows = _rows(out, 0)
     train = [row for row in rows if "train/reward" in row]

@@ -16,8 +16,8 @@ class NaNObservationAtIteration3(ControlModule):
     """The third iteration's batch holds NaN observations: the real loss (actor forward, ratio,
     objective) turns NaN on the way to the iteration's first optimizer step."""
 
-    def prepare_batch(self, batch):
-        batch = super().prepare_batch(batch)
+    def estimate_advantage(self, batch):
+        batch = super().estimate_advantage(batch)
         if self.iteration == 2:
             batch["observation"][..., 0] = float("nan")
         return batch

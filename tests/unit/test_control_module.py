@@ -7,6 +7,7 @@ import torch
 from tensordict import TensorDict
 
 import plmods.algos.control as control
+import plmods.rollout.control_rollout as control_rollout
 from plmods.algos import ControlModule
 from plmods.envs import ControlEnv
 
@@ -50,10 +51,10 @@ class _TwoIdenticalRanks:
 
 def test_cross_rank_quantities_are_means_over_ranks(monkeypatch):
     module = ControlModule.ppo(ENV, frames_per_batch=64, minibatch_size=32, total_frames=640)
-    assert module.num_iterations() == 10
+    assert module.planned_iterations() == 10
     monkeypatch.setattr(ControlModule, "world_size", property(lambda self: 2))
     monkeypatch.setattr(module, "sum_over_ranks", _TwoIdenticalRanks.sum_over_ranks)
-    assert module.num_iterations() == 5  # each of the 2 ranks collects 64 frames per iteration
+    assert module.planned_iterations() == 5  # each of the 2 ranks collects 64 frames per iteration
     assert module._kl_exceeds(torch.tensor(0.5), 0.4) and not module._kl_exceeds(torch.tensor(0.3), 0.4)
 
 
@@ -86,9 +87,10 @@ def test_frames_mode_collects_rounds_until_the_target(monkeypatch, frames_per_up
         calls.append(per_env)
         return TensorDict({"x": torch.full((10,), float(len(calls)))}, [10])
 
-    monkeypatch.setattr(control, "whole_episodes", ten_frames)
-    monkeypatch.setattr(module, "_collector", type("C", (), {"reset": lambda self: None})(), raising=False)
-    batch = module.next_collector_batch()
+    monkeypatch.setattr(control_rollout, "whole_episodes", ten_frames)
+    module.rollout.collector = type("C", (), {"reset": lambda self: None})()
+    module.rollout._iter = iter(())
+    batch, _ = module.rollout.collect()
     assert len(calls) == rounds and calls == [1] * rounds  # one episode per env per round
     assert batch.numel() == 10 * rounds
     assert batch["x"].tolist() == [float(i) for i in range(1, rounds + 1) for _ in range(10)]
@@ -142,3 +144,29 @@ def test_builders_forward_every_argument_to_the_loss_and_the_estimator():
     assert float(kl.loss_module.critic_coeff) == pytest.approx(0.75)
     assert (kl.loss_module.increment, kl.loss_module.decrement) == (1.0, 1.0)
     assert float(kl.advantage_module.gamma) == pytest.approx(0.95)
+
+
+def test_annealing_with_episode_batches_follows_the_unspent_frame_budget():
+    """The audit's defect: with episode batches frames_per_batch is only the polling size, so
+    N = ceil(total_frames / frames_per_batch) = 38 for a 600-frame run that took 4 iterations, and
+    the lr ended at 0.92 lr_0. The factor is the unspent share of the frame budget at each
+    iteration's start."""
+
+    class Record(L.Callback):
+        rows: list = []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            lr = trainer.optimizers[0].param_groups[0]["lr"]
+            self.rows.append((module.frames - module._iter_frames, lr))
+
+    lr0, total = 0.01, 600
+    module = ControlModule.reinforce(ENV, episodes_per_batch=4, frames_per_batch=16, total_frames=total, anneal_lr=True, lr=lr0,
+                                     eval_episodes=1)  # fmt: skip
+    record = Record()
+    trainer = L.Trainer(max_epochs=1000, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[record])  # fmt: skip
+    trainer.fit(module)
+    assert len(record.rows) >= 3 and module.frames >= total
+    for frames_before, lr in record.rows:
+        assert lr == pytest.approx(lr0 * (1 - frames_before / total), rel=1e-6)
+    assert record.rows[-1][1] < 0.5 * lr0  # the last iteration runs well below lr_0 (was 0.92 lr_0)

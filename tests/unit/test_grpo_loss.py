@@ -8,24 +8,18 @@ import math
 
 import pytest
 import torch
+from scorer_fakes import TableScorer
 from tensordict import TensorDict
-from torch import nn
 from torchrl.objectives.llm import GRPOLoss
 
-from plmods.algos.grpo_loss import AGGREGATIONS, MaskedGRPOLoss
+from plmods.algos.grpo_loss import MaskedGRPOLoss
 
 LN2 = math.log(2)
 
 
-class UniformScorer(nn.Module):
+def UniformScorer(n: int, t: int) -> TableScorer:  # noqa: N802
     """logits [N, T, V=2] of zeros with a gradient: pi = 0.5 for both tokens."""
-
-    def __init__(self, n: int, t: int) -> None:
-        super().__init__()
-        self.logits = nn.Parameter(torch.zeros(n, t, 2))
-
-    def forward(self, input_ids, attention_mask, num_response, prompt_group=None):
-        return self.logits
+    return TableScorer(torch.zeros(n, t, 2))
 
 
 def _batch() -> TensorDict:
@@ -49,25 +43,23 @@ GAINS = [[1.2, 1.0, 5 / 6], [-1.25, -5 / 6]]
 
 
 def _loss(aggregation="token_mean", kl_coef=0.1, **kwargs):
-    return MaskedGRPOLoss(
-        UniformScorer(2, 4), clip_epsilon=0.2, aggregation=AGGREGATIONS[aggregation], kl_to_ref_coeff=kl_coef, **kwargs
-    )
+    return MaskedGRPOLoss(UniformScorer(2, 4), clip_epsilon=0.2, aggregation=aggregation, kl_coef=kl_coef, **kwargs)
 
 
 def test_token_mean_objective_matches_the_seed_formula():
-    out = _loss("token_mean", entropy_bonus=False)(_batch())
+    out = _loss("token_mean")(_batch())
     expected = -sum(sum(row) for row in GAINS) / 5
     assert float(out.loss_objective) == pytest.approx(expected, abs=1e-6)  # -0.19
 
 
 def test_sequence_mean_objective_averages_each_completion_first():
-    out = _loss("sequence_mean", entropy_bonus=False)(_batch())
+    out = _loss("sequence_mean")(_batch())
     expected = -(sum(GAINS[0]) / 3 + sum(GAINS[1]) / 2) / 2
     assert float(out.loss_objective) == pytest.approx(expected, abs=1e-6)
 
 
 def test_asymmetric_clip_uses_the_higher_upper_bound():
-    loss = MaskedGRPOLoss(UniformScorer(2, 4), clip_epsilon=(0.2, 0.28), entropy_bonus=False, kl_to_ref_coeff=0.0)
+    loss = MaskedGRPOLoss(UniformScorer(2, 4), clip_epsilon=0.2, clip_epsilon_high=0.28)
     out = loss(_batch())
     # row 0's ratio 1.25 now lies inside [0.8, 1.28]: its gain is 1.25 instead of 1.2
     expected = -(1.25 + 1.0 + 5 / 6 - 1.25 - 5 / 6) / 5
@@ -95,7 +87,7 @@ def test_upstream_grpo_loss_dilutes_the_kl_over_padding():
 
 
 def test_logged_diagnostics_are_response_token_means():
-    out = _loss(entropy_bonus=True, entropy_coeff=0.0)(_batch())
+    out = _loss(entropy_coeff=0.0)(_batch())  # the entropy is logged without a bonus
     ratios = [1.25, 1.0, 5 / 6, 1.25, 5 / 6]
     assert float(out.kl_approx) == pytest.approx(sum(r - 1 - math.log(r) for r in ratios) / 5, abs=1e-6)
     assert float(out.clip_fraction) == pytest.approx(2 / 5, abs=1e-6)
@@ -103,7 +95,7 @@ def test_logged_diagnostics_are_response_token_means():
 
 
 def test_gradient_flows_only_through_unclipped_valid_tokens():
-    loss = _loss(kl_coef=0.0, entropy_bonus=False)
+    loss = _loss(kl_coef=0.0)
     out = loss(_batch())
     out.loss_objective.backward()
     grad = loss.actor_network.logits.grad  # [2, 4, 2]

@@ -6,9 +6,10 @@ import torch
 from lm_fixtures import bpe_tokenizer, llama_dir
 from transformers import AutoModelForCausalLM
 
-from plmods.algos.grpo_loss import ResponseScorer, selective_log_softmax
+from plmods.algos.grpo_loss import selective_log_softmax
 from plmods.errors import ConfigError
 from plmods.models.hf import HFCausalLM
+from plmods.models.scorer import ResponseScorer
 from plmods.rollout.sampler import GroupSampler
 from plmods.rollout.token_offsets import steps_to_tokens, token_char_ends
 
@@ -100,9 +101,9 @@ def test_the_models_own_sampling_defaults_would_change_the_distribution(model_di
                        return_dict_in_generate=True)  # fmt: skip
     response = out.sequences[:, ids.shape[1] :]
     recorded = recorder.finish(out.sequences, response.shape[1])
+    full_mask = torch.cat([mask, torch.ones_like(response)], -1)
     with torch.no_grad():
-        logits = ResponseScorer(raw, 1.0)(out.sequences, torch.cat([mask, torch.ones_like(response)], -1), response.shape[1])
-    scored = selective_log_softmax(logits, response)
+        scored = ResponseScorer(raw, 1.0)(out.sequences, full_mask, response, torch.ones_like(response, dtype=torch.bool)).log_probs
     assert (recorded - scored).abs().max() > 1e-2  # the repetition penalty acted before the recorder
 
 

@@ -204,13 +204,21 @@ def test_state_dict_round_trip_keeps_the_modules_beta_over_initial_kl_coef():
 
 def test_missing_protocol_attribute_is_named():
     bare = SimpleNamespace(kl_coef=1.0)
+    trainer = SimpleNamespace(global_step=0, world_size=1)
+    AdaptiveKL().setup(trainer, bare, "fit")  # a module's own setup may still add it
     with pytest.raises(
         ConfigError, match=r"`measured_kl` attribute .*; SimpleNamespace has no measured_kl\.$"
     ):
-        AdaptiveKL().setup(SimpleNamespace(), bare, "fit")
+        AdaptiveKL().on_train_start(trainer, bare)
     with pytest.raises(ConfigError, match=r"has no kl_coef, measured_kl\.$"):
-        AdaptiveKL().setup(SimpleNamespace(), SimpleNamespace(), "fit")
-    AdaptiveKL().setup(SimpleNamespace(), SimpleNamespace(), "validate")  # only fitting adapts
+        AdaptiveKL().on_train_start(trainer, SimpleNamespace())
+
+
+def test_a_module_without_a_kl_coefficient_is_refused_at_setup():
+    none = SimpleNamespace(kl_coef=None, measured_kl=None, algorithm="PPO")
+    with pytest.raises(ConfigError, match=r"^callbacks.adaptive_kl adapts a KL coefficient, but this PPO has none"):
+        AdaptiveKL().setup(SimpleNamespace(), none, "fit")
+    AdaptiveKL().setup(SimpleNamespace(), none, "validate")  # only fitting adapts
 
 
 # ---- a real Trainer driving a plain LightningModule ------------------------------------------
@@ -392,7 +400,7 @@ class NoMeasuredKL(KLModule):
         del self.measured_kl
 
 
-def test_missing_protocol_attribute_fails_at_setup():
+def test_missing_protocol_attribute_fails_before_training():
     with pytest.raises(ConfigError, match=r"NoMeasuredKL has no measured_kl\.$"):
         _trainer(1, callbacks=[AdaptiveKL()]).fit(NoMeasuredKL())
 

@@ -69,11 +69,11 @@ def test_bad_model_settings(kwargs, message):
 
 
 class _Holder(torch.nn.Module):
-    """The SFTWarmup protocol without GRPO: model_factory, task, seed, sft_stats."""
+    """The SFTWarmup protocol (plmods.protocols.WarmUpTarget) without an LM module."""
 
     def __init__(self, lm, task):
         super().__init__()
-        self.model_factory, self.task, self.seed, self.sft_stats = lm, task, 0, None
+        self.model_factory, self.task, self.seed, self.sft_stats, self.policy_built = lm, task, 0, None, False
 
 
 def _run_sft(holder, sft, tmp_path):
@@ -111,7 +111,7 @@ def test_sft_cache_key_covers_the_demonstrations(tmp_path):
 
 
 def test_sft_needs_its_protocol():
-    with pytest.raises(ConfigError, match="callbacks.sft_warmup needs a LightningModule with `model_factory`"):
+    with pytest.raises(ConfigError, match=r"callbacks.sft_warmup needs a language module .*; Linear has no model_factory, task"):
         SFTWarmup(steps=1).setup(Trainer(logger=False), torch.nn.Linear(1, 1), "fit")
 
 

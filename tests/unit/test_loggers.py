@@ -103,13 +103,13 @@ def test_each_module_plots_against_its_own_x_axis():
     never logs, every GRPO point landed at x = 0)."""
     from types import SimpleNamespace
 
-    from plmods.algos import ControlModule, GRPOModule
+    from plmods.algos import ControlModule, LMModule
     from plmods.loggers import set_x_axis
 
-    assert (ControlModule.x_axis, GRPOModule.x_axis) == ("frames", "iteration")
+    assert (ControlModule.x_axis, LMModule.x_axis) == ("frames", "iteration")
     calls = []
     logger = SimpleNamespace(experiment=SimpleNamespace(define_metric=lambda *a, **k: calls.append((a, k))))
-    set_x_axis(logger, GRPOModule.x_axis)
+    set_x_axis(logger, LMModule.x_axis)
     assert calls[0] == (("iteration",), {})
     assert {a[0]: k["step_metric"] for a, k in calls[1:]} == {"train/*": "iteration", "val/*": "iteration", "perf/*": "iteration"}
 

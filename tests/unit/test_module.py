@@ -79,7 +79,7 @@ def test_evaluation_after_fit_keeps_the_training_observation_statistics():
     )
     module.setup("fit")
     for _ in range(5):
-        module.collect()
+        module.rollout.collect()
     during = module.evaluate()
     module.teardown("fit")
     after = module.evaluate()

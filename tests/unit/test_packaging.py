@@ -22,17 +22,25 @@ def test_every_plmods_folder_is_a_packaged_package():
 
 
 def test_public_api_imports():
-    from plmods.algos import ControlModule, RLModule  # noqa: F401
+    from plmods.algos import ControlModule, IterationModule  # noqa: F401
     from plmods.callbacks import AdaptiveKL, RLProgressBar  # noqa: F401
     from plmods.envs import ControlEnv  # noqa: F401
     from plmods.models import MLPActorCritic  # noqa: F401
 
 
 def test_language_api_imports():
-    from plmods.algos import GRPOModule, IterationModule  # noqa: F401
+    from plmods.algos import LMModule, MaskedGRPOLoss, MaskedPPOLoss  # noqa: F401
     from plmods.callbacks import RefPolicySync, SFTWarmup, mix_into  # noqa: F401
     from plmods.envs import AdditionTask, CountdownTask, TextTask  # noqa: F401
-    from plmods.models import HFCausalLM, SmolLM2, TinyCausalLM, char_tokenizer  # noqa: F401
+    from plmods.models import (  # noqa: F401  # noqa: F401
+        CriticModel,
+        HFCausalLM,
+        ResponseScorer,
+        SmolLM2,
+        TinyCausalLM,
+        ValueHead,
+        char_tokenizer,
+    )
     from plmods.rewards import (  # noqa: F401
         RewardFunctions,
         countdown_answer,
@@ -41,7 +49,7 @@ def test_language_api_imports():
         last_number,
         math_answer,
     )
-    from plmods.rollout import GroupRelativeAdvantage, ProcessAdvantage  # noqa: F401
+    from plmods.rollout import GroupRelativeAdvantage, ProcessAdvantage, TokenGAE, TokenMonteCarloAdvantage  # noqa: F401  # noqa: F401
     from plmods.rollout.sampler import GroupSampler  # noqa: F401
 
 

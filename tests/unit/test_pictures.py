@@ -237,7 +237,7 @@ def test_the_video_env_normalises_observations_as_evaluation_does(tmp_path):
     evaluation = env.make(num_envs=1)
     raw = env.make(num_envs=1)
     try:
-        # what RLModule.evaluate does to its env
+        # what ControlModule's evaluator does to its env
         evaluation.transform.load_state_dict(module.training_transform_state())
         for transform in evaluation.transform:
             if hasattr(transform, "freeze"):

@@ -7,10 +7,9 @@ import torch
 from plmods.callbacks import RLProgressBar
 
 
-class _NoPenalty:
-    @property
-    def kl_coef(self):
-        raise AttributeError("kl_coef: the PPO loss has no KL penalty coefficient (beta).")
+def _module(kl_coef):
+    """A plmods.protocols.KLControlled module (kl_coef None: no KL penalty, as PPO-clip)."""
+    return SimpleNamespace(kl_coef=kl_coef, measured_kl=None)
 
 
 def _shown(metrics, module):
@@ -21,22 +20,22 @@ def _shown(metrics, module):
 def test_control_bar_shows_frames_returns_kl_beta_and_fps():
     metrics = {"frames": 12288.0, "train/episode_return": 87.25, "val/episode_return": 120.0,
                "train/kl": 0.0123, "train/approx_kl": 0.5, "perf/fps": 2937.4}
-    assert _shown(metrics, SimpleNamespace(kl_coef=0.25)) == {
+    assert _shown(metrics, _module(0.25)) == {
         "frames": "12,288", "return": "87.25", "val_return": "120", "kl": "0.0123", "fps": "2,937", "β": "0.25",
     }
     # PPO-clip: no penalty, no β; the KL shown is approx_kl when no post-update KL is logged
     del metrics["train/kl"]
-    assert _shown(metrics, _NoPenalty()) == {
+    assert _shown(metrics, _module(None)) == {
         "frames": "12,288", "return": "87.25", "val_return": "120", "kl": "0.5", "fps": "2,937",
     }
 
 
 def test_grpo_bar_shows_reward_accuracy_kl_to_ref_and_tokens_per_second():
     metrics = {"train/reward": 0.4375, "val/accuracy": 0.5, "train/kl_to_ref": 0.002, "perf/generated_tokens_per_s": 34.7}
-    assert _shown(metrics, SimpleNamespace(kl_coef=0.04)) == {
+    assert _shown(metrics, _module(0.04)) == {
         "reward": "0.4375", "val_acc": "0.5", "kl": "0.002", "tok/s": "35", "β": "0.04",
     }
-    assert "β" not in _shown(metrics, SimpleNamespace(kl_coef=0.0))  # β = 0: no penalty to show
+    assert "β" not in _shown(metrics, _module(0.0))  # β = 0: no penalty to show
 
 
 def _budget_bar():
@@ -81,10 +80,10 @@ def test_plmods_modules_report_their_budget_in_their_own_units():
     assert module.budget() == (0.0, 256.0) and not module.budget_spent()
     module.frames = 256
     assert module.budget() == (256.0, 256.0) and module.budget_spent()
-    # GRPO counts iterations (tests/unit/test_grpo_module.py builds one)
-    from test_grpo_module import _module
+    # the LM modules count iterations (tests/unit/test_lm_module.py builds one)
+    from test_lm_module import _module as lm_module
 
-    grpo = _module(total_iterations=3)
+    grpo = lm_module(total_iterations=3)
     assert grpo.budget() == (0.0, 3.0)
     grpo.iteration = 3
     assert grpo.budget_spent()

@@ -100,7 +100,7 @@ def test_needs_a_module_with_policy_and_reference(tmp_path):
             super().__init__()
             self.ref_policy = None
 
-    with pytest.raises(ConfigError, match="needs a LightningModule with `policy` and `ref_policy`"):
+    with pytest.raises(ConfigError, match=r"needs a LightningModule with a reference policy .*, or `policy` and `ref_policy` modules\); NoRef has none"):
         _fit(NoRef(), RefPolicySync(), tmp_path, max_steps=1)
 
 

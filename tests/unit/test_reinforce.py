@@ -44,25 +44,25 @@ def test_returns_to_go_hand_computed():
 
 
 def test_no_baseline_advantage_is_the_return():
-    steps = _module(baseline="none").prepare_batch(_batch())
+    steps = _module(baseline="none").estimate_advantage(_batch())
     torch.testing.assert_close(steps["advantage"].squeeze(-1), torch.tensor(G), atol=1e-6, rtol=0)
     torch.testing.assert_close(steps["value_target"].squeeze(-1), torch.tensor(G), atol=1e-6, rtol=0)
 
 
 def test_moving_average_baseline_uses_the_previous_mean():
     module = _module(baseline="moving_average", baseline_decay=0.9)
-    first = module.prepare_batch(_batch())
+    first = module.estimate_advantage(_batch())
     # no history yet: b = 0, then b = mean(G) = 1.65
     torch.testing.assert_close(first["advantage"].squeeze(-1), torch.tensor(G), atol=1e-6, rtol=0)
     assert float(module.advantage_module.moving_baseline) == pytest.approx(1.65)
-    second = module.prepare_batch(_batch())
+    second = module.estimate_advantage(_batch())
     expected = torch.tensor(G) - 1.65
     torch.testing.assert_close(second["advantage"].squeeze(-1), expected, atol=1e-6, rtol=0)
     # b <- 0.9 * 1.65 + 0.1 * 1.65
     assert float(module.advantage_module.moving_baseline) == pytest.approx(1.65)
     batch = _batch()
     batch["next", "reward"] = batch["next", "reward"] * 2  # mean G doubles to 3.3
-    module.prepare_batch(batch)
+    module.estimate_advantage(batch)
     assert float(module.advantage_module.moving_baseline) == pytest.approx(0.9 * 1.65 + 0.1 * 3.3)
 
 
@@ -72,20 +72,37 @@ def test_value_baseline_subtracts_the_critic():
     with torch.no_grad():
         last.weight.zero_()
         last.bias.fill_(0.5)  # V(s) = 0.5 everywhere
-    steps = module.prepare_batch(_batch())
+    steps = module.estimate_advantage(_batch())
     torch.testing.assert_close(steps["advantage"].squeeze(-1), torch.tensor(G) - 0.5, atol=1e-6, rtol=0)
 
 
-def test_normalized_advantage_has_zero_mean_unit_std():
-    steps = _module(baseline="none", normalize_advantage=True).prepare_batch(_batch())
-    a = steps["advantage"]
-    assert float(a.mean()) == pytest.approx(0.0, abs=1e-6)
+STD_G = 0.175**0.5  # unbiased std of G: squared deviations from 1.65 sum to 0.7, / 4
+
+
+def test_normalized_advantage_is_scaled_not_recentred():
+    """normalize_advantage divides by the std only: b = 0 stays b = 0 (the returns, not the
+    returns minus their batch mean, as the standardisation before 0.2 made it)."""
+    a = _module(baseline="none", normalize_advantage=True).estimate_advantage(_batch())["advantage"].squeeze(-1)
+    torch.testing.assert_close(a, torch.tensor(G) / STD_G, atol=1e-5, rtol=0)
     assert float(a.std()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_every_baseline_survives_normalisation():
+    """The audit's defect: under normalize_advantage the moving-average baseline did nothing
+    (none and moving_average gave identical advantages). Second batch: b = 1.65."""
+    results = {}
+    for baseline in ("none", "moving_average"):
+        module = _module(baseline=baseline, normalize_advantage=True)
+        module.estimate_advantage(_batch())
+        results[baseline] = module.estimate_advantage(_batch())["advantage"].squeeze(-1)
+    torch.testing.assert_close(results["none"], torch.tensor(G) / STD_G, atol=1e-5, rtol=0)
+    centred = torch.tensor(G) - 1.65  # std 0.41833 too: a shift does not change it
+    torch.testing.assert_close(results["moving_average"], centred / STD_G, atol=1e-5, rtol=0)
 
 
 def test_loss_actor_is_minus_mean_logprob_times_advantage():
     module = _module(baseline="none")
-    steps = module.prepare_batch(_batch())
+    steps = module.estimate_advantage(_batch())
     out = module.loss_module(steps).detach()
     with torch.no_grad():
         logits = module.actor.module[0](steps.select("observation").clone())["logits"]
@@ -126,10 +143,11 @@ def test_every_batch_is_whole_fresh_episodes_of_the_current_policy(kwargs, check
     (step_count 1 after every done), and every stored log-prob is the current policy's."""
     module = _module(**kwargs)
     module.setup("fit")
-    frames = 0
+    frames, stepped = 0, 0
     for _ in range(3):
-        batch = module.collect()
+        batch, steps_taken = module.rollout.collect()
         frames += batch.numel()
+        stepped += steps_taken
         done = batch["next", "done"].squeeze(-1)
         assert check(batch)
         assert bool(done[-1])  # ends with a complete episode
@@ -146,9 +164,9 @@ def test_every_batch_is_whole_fresh_episodes_of_the_current_policy(kwargs, check
         with torch.no_grad():
             for p in module.loss_module.parameters():
                 p.add_(0.05 * torch.randn_like(p))
-    # frames counts every env step: the trained episodes plus the steps taken after each env's
-    # quota, in whole polls of frames_per_batch = 64
-    assert module.frames >= frames and module.frames % 64 == 0
+    # the steps taken count every env step: the trained episodes plus the steps taken after each
+    # env's quota, in whole polls of frames_per_batch = 64
+    assert stepped >= frames and stepped % 64 == 0
     module.teardown("fit")
 
 

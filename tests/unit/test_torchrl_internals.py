@@ -11,16 +11,16 @@ from plmods.rollout.collector import _carrier, collector_state, load_collector_s
 def test_collector_carrier_is_the_tensordict_it_steps_from():
     module = ControlModule.ppo(ControlEnv("CartPole-v1", num_envs=4), frames_per_batch=64, minibatch_size=32)
     module.setup("fit")
-    collector = module._collector
+    collector = module.rollout.collector
     carrier = _carrier(collector)
     assert isinstance(carrier, TensorDictBase) and carrier.batch_size == torch.Size([4])
     state = collector_state(collector)
-    batch = module.collect()
+    batch, _ = module.rollout.collect()
     # the batch started from the carrier's observation, and a reload brings that state back
     torch.testing.assert_close(batch["observation"][:, 0], state["carrier"]["observation"])
     load_collector_state(collector, state)
     torch.testing.assert_close(_carrier(collector)["observation"], state["carrier"]["observation"])
-    again = module.collect()
+    again, _ = module.rollout.collect()
     torch.testing.assert_close(again["observation"][:, 0], batch["observation"][:, 0])
     module.teardown("fit")
 
@@ -30,7 +30,7 @@ def test_ppo_losses_log_weight_contract():
     torch.manual_seed(0)
     module = ControlModule.ppo(ControlEnv("CartPole-v1", num_envs=4), frames_per_batch=64, minibatch_size=32)
     module.setup("fit")
-    batch = module.collect().reshape(-1)
+    batch = module.rollout.collect()[0].reshape(-1)
     module.advantage_module(batch)
     out = module.loss_module._log_weight(batch, batch["advantage"].shape[:-1])
     assert len(out) == 4

@@ -134,7 +134,7 @@ def test_a_resumed_control_module_reseeds_its_workers():
                 saved = module.checkpoint_state()
                 saved["iteration"] = iteration
                 module.load_checkpoint_state(saved)
-            return module._collector.next_batch()["observation"][:, 0]
+            return module.rollout.collector.next_batch()["observation"][:, 0]
         finally:
             module.teardown("fit")
 

@@ -1,6 +1,6 @@
 """A GRPO reward of this project's own, in the form plmods calls reward functions.
 
-plmods' ``GRPOModule(rewards={name: fn or {"fn": fn, "weight": w}})`` calls every term as
+plmods' ``LMModule.grpo(rewards={name: fn or {"fn": fn, "weight": w}})`` calls every term as
 ``fn(prompts, completions, **fields)`` with one list entry per completion (the task's problem
 fields other than ``prompt`` arrive as keyword lists: ``answer`` for ``AdditionTask``) and needs
 one finite float per completion back. Each term is logged as ``train/reward/<name>`` (iteration

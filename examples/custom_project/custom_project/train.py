@@ -67,12 +67,12 @@ def build_ppo(seed: int = 0, total_frames: int = 16_384) -> ControlModule:
 def build_grpo(seed: int = 0, total_iterations: int = 20):
     """GRPO on plmods' addition task with a tiny LM (the ``debug=fast_lm`` sizes), rewarded for
     the exact sum and, with weight 0.5, for short answers (this project's ``shorter_is_better``)."""
-    from plmods.algos import GRPOModule  # the language stack (transformers) loads only for GRPO
+    from plmods.algos import LMModule  # the language stack (transformers) loads only for GRPO
     from plmods.models import TinyCausalLM
 
-    return GRPOModule(
-        env=AdditionTask(digits=2),
-        model=TinyCausalLM(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
+    return LMModule.grpo(
+        AdditionTask(digits=2),
+        TinyCausalLM(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
         rewards={
             "correct": "plmods.rewards.exact_match",
             "short": {"fn": shorter_is_better, "weight": 0.5},
@@ -80,7 +80,7 @@ def build_grpo(seed: int = 0, total_iterations: int = 20):
         accuracy_reward="correct",
         prompts_per_batch=4,
         group_size=4,
-        num_iterations=2,
+        epochs=2,
         total_iterations=total_iterations,
         lr=1e-3,
         kl_coef=0.04,

@@ -9,7 +9,8 @@ from peft import PeftModel
 from rewards_for_tests import length_reward
 from transformers import AutoModelForCausalLM
 
-from plmods.algos.grpo import GRPOModule
+from plmods.algos.lm import LMModule
+from plmods.algos.micro_batches import trim
 from plmods.callbacks import RefPolicySync
 from plmods.envs.text import AdditionTask
 from plmods.models.hf import HFCausalLM
@@ -29,7 +30,7 @@ def _module(model_dir, **kwargs):
         total_iterations=2, lr=1e-2, kl_coef=0.1,
     )  # fmt: skip
     defaults.update(kwargs)
-    module = GRPOModule(**defaults)
+    module = LMModule.grpo(**defaults)
     module.configure_model()
     return module
 
@@ -44,7 +45,7 @@ def _fit(module, callbacks=()):
 
 def test_only_the_policy_adapter_trains_and_no_second_model_exists(model_dir):
     module = _module(model_dir)
-    assert module.ref_policy is None  # no copy of the network
+    assert module.ref_policy is None and module.reference.kind == "adapter"  # no copy of the network
     trained = {n for n, p in module.policy.named_parameters() if p.requires_grad}
     assert trained and all(".default." in n and "lora_" in n for n in trained)
     optimized = {id(p) for g in module.configure_optimizers().param_groups for p in g["params"]}
@@ -54,18 +55,19 @@ def test_only_the_policy_adapter_trains_and_no_second_model_exists(model_dir):
 def test_reference_equals_the_adapters_off_output_and_stays_frozen(model_dir):
     module = _module(model_dir)
     torch.manual_seed(0)
-    batch = module.generate(["1+2=", "3+4="], repeats=2, old_log_probs=True)
+    batch = module.rollout.generate(module.policy, ["1+2=", "3+4="], repeats=2, old_log_probs=True)
     batch["prompt_group"] = torch.arange(2).repeat_interleave(2)
     scorer = module.loss_module.actor_network
     with torch.no_grad(), module.policy.disable_adapter():
         base = scorer.log_probs(batch)
-    torch.testing.assert_close(module.ref_log_probs(batch), base, rtol=0, atol=1e-6)
+    scorer_ref = module.reference.log_probs(scorer, batch, None)
+    torch.testing.assert_close(scorer_ref, base, rtol=0, atol=1e-6)
     _fit(module)
     # the policy moved, the reference did not (still the base model)
     with torch.no_grad():
         moved = scorer.log_probs(batch)
     assert (moved - base).abs().max() > 1e-3
-    torch.testing.assert_close(module.ref_log_probs(batch), base, rtol=0, atol=1e-6)
+    torch.testing.assert_close(module.reference.log_probs(scorer, batch, None), base, rtol=0, atol=1e-6)
     assert all(p.requires_grad == (".default." in n) for n, p in module.policy.named_parameters() if "lora_" in n)
 
 
@@ -113,7 +115,7 @@ def test_adaptive_kl_steers_beta_with_lora(model_dir):
     callback = AdaptiveKL(target_kl=1e-9, rule="ppo")  # any measured KL is far above: beta doubles
     _fit(module, [callback])
     assert callback.num_updates == 3 and module.kl_coef == pytest.approx(0.8)
-    assert module.loss_module.kl_to_ref_coeff == pytest.approx(0.8)
+    assert module.loss_module.kl_to_ref_coeff == pytest.approx(0.8) and float(module.loss_module.kl_coef) == pytest.approx(0.8)
 
 
 def test_gradient_checkpointing_gives_the_plain_gradient(model_dir):
@@ -126,7 +128,7 @@ def test_gradient_checkpointing_gives_the_plain_gradient(model_dir):
         torch.manual_seed(0)
         batch = module.make_batch()
         module.policy.train()
-        loss = module.total_loss(module.loss_module(module._trim(batch)))
+        loss = module.total_loss(module.loss_module(trim(batch)))
         loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in module.policy.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
@@ -135,5 +137,5 @@ def test_gradient_checkpointing_gives_the_plain_gradient(model_dir):
 def test_bfloat16_policy_builds_and_samples(model_dir):
     module = _module(model_dir, model=HFCausalLM(str(model_dir), dtype="bfloat16"), kl_coef=0.0)
     assert next(module.policy.parameters()).dtype == torch.bfloat16
-    batch = module.generate(["1+2="], repeats=2, old_log_probs=True)
+    batch = module.rollout.generate(module.policy, ["1+2="], repeats=2, old_log_probs=True)
     assert batch["old_log_probs"].dtype == torch.float32 and torch.isfinite(batch["old_log_probs"]).all()

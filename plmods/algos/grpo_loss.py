@@ -43,8 +43,9 @@ from plmods.models.scorer import ResponseScorer, token_scores
 
 __all__ = ["MaskedGRPOLoss", "AGGREGATIONS", "KL_PENALTIES", "ResponseScorer", "selective_log_softmax"]
 
-# our names -> torchrl's; torchrl calls the per-completion mean "prompt_mean"
-AGGREGATIONS = {"token_mean": "token_mean", "sequence_mean": "prompt_mean"}
+# our names -> torchrl's; torchrl calls the per-completion mean "prompt_mean"; sequence_sum
+# (REINFORCE's -log pi(o) (R - b), log pi(o) the sum over the completion's tokens) is ours
+AGGREGATIONS = {"token_mean": "token_mean", "sequence_mean": "prompt_mean", "sequence_sum": "sequence_sum"}
 KL_PENALTIES = ("loss", "reward")
 
 
@@ -79,8 +80,10 @@ class MaskedGRPOLoss(GRPOLoss):
         kl_coef: beta, the KL-to-reference coefficient (0: no reference policy at all).
         kl_penalty: where the KL enters: ``loss`` (beta * k3, GRPO) or ``reward`` (-beta * k1 per
             token, RLOO / RLHF PPO).
-        aggregation: ``token_mean`` (all response tokens of the batch) or ``sequence_mean``
-            (per-completion mean, then mean: the 1/|o_i| of the GRPO objective).
+        aggregation: ``token_mean`` (all response tokens of the batch), ``sequence_mean``
+            (per-completion mean, then mean: the 1/|o_i| of the GRPO objective) or
+            ``sequence_sum`` (per-completion sum, then mean: REINFORCE's log pi(o) of the whole
+            completion, as TRL's RLOO).
         entropy_coeff: entropy bonus weight (0: off; the entropy is logged either way).
     """
 
@@ -160,6 +163,13 @@ class MaskedGRPOLoss(GRPOLoss):
 
     def _get_entropy(self, dist: _ScoredTokens, adv_shape: torch.Size) -> torch.Tensor:
         return dist.token_entropy.unsqueeze(-1)  # [N, T, 1], 0 where masked
+
+    def _aggregate_loss_value(self, value: torch.Tensor, mask: torch.Tensor, tensordict: TensorDictBase | None = None) -> torch.Tensor:
+        """torchrl's aggregations plus ``sequence_sum``: the masked sum over each completion's
+        tokens ``value [N, T, 1]``, then the mean over completions."""
+        if self.aggregation != "sequence_sum":
+            return super()._aggregate_loss_value(value, mask, tensordict)
+        return (value * mask.unsqueeze(-1).to(value.dtype)).sum(-2).mean(0)
 
     def _kl_to_ref(
         self,

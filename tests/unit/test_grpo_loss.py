@@ -58,6 +58,14 @@ def test_sequence_mean_objective_averages_each_completion_first():
     assert float(out.loss_objective) == pytest.approx(expected, abs=1e-6)
 
 
+def test_sequence_sum_objective_sums_each_completion_then_averages():
+    """REINFORCE's -log pi(o) (R - b): the completion's token sum, the mean over completions."""
+    out = _loss("sequence_sum")(_batch())
+    expected = -(sum(GAINS[0]) + sum(GAINS[1])) / 2
+    assert float(out.loss_objective) == pytest.approx(expected, abs=1e-6)
+    assert float(out.kl_to_ref) == pytest.approx((0.5 + LN2 - 1) * (3 + 2) / 2, abs=1e-6)  # k3 summed per completion
+
+
 def test_asymmetric_clip_uses_the_higher_upper_bound():
     loss = MaskedGRPOLoss(UniformScorer(2, 4), clip_epsilon=0.2, clip_epsilon_high=0.28)
     out = loss(_batch())

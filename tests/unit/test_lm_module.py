@@ -343,7 +343,7 @@ def test_zero_advantage_groups_run_when_they_carry_a_kl_gradient():
     assert _update_gradient(_module(advantage=half_zero, kl_coef=0.1, epochs=1))[1] == 16
 
 
-@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean"])
+@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean", "sequence_sum"])
 def test_micro_batches_accumulate_the_same_gradient_as_one_batch(aggregation):
     grads = []
     for micro in (None, 3):

@@ -118,3 +118,25 @@ def test_a_round_records_old_values_returns_and_the_explained_variance(separate)
     assert float(metrics["explained_variance"]) == pytest.approx(float(expected), abs=1e-6)
     names = {n.split(".")[2] for n in module.state_dict() if n.startswith("loss_module.critic_network.")}
     assert names == ({"trunk", "head"} if separate else {"head"})
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_the_value_head_learns_at_critic_lr_and_everything_else_at_lr(separate):
+    from rewards_for_tests import length_reward
+
+    from plmods.algos.lm import LMModule
+    from plmods.envs.text import AdditionTask
+    from plmods.models.lm import TinyCausalLM
+
+    module = LMModule.ppo(
+        AdditionTask(), TinyCausalLM(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
+        critic=CriticModel() if separate else None, rewards={"length": length_reward}, prompts_per_batch=2, group_size=2,
+        eval_problems=4, eval_batch_size=4, lr=1e-5, critic_lr=3e-3,
+    )  # fmt: skip
+    module.configure_model()
+    policy_group, head_group = module.configure_optimizers().param_groups
+    assert head_group["lr"] == 3e-3 and policy_group["lr"] == 1e-5
+    assert {id(p) for p in head_group["params"]} == {id(p) for p in module.critic.head.parameters()}
+    trunk = {id(p) for p in module.critic.parameters()} - {id(p) for p in module.critic.head.parameters()}
+    assert trunk <= {id(p) for p in policy_group["params"]} and bool(trunk) == separate
+    assert len(policy_group["params"]) + 2 == len([p for p in module.loss_module.parameters() if p.requires_grad])

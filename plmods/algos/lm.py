@@ -37,7 +37,6 @@ from functools import partial
 from typing import Any
 
 import torch
-from lightning.pytorch.loggers import WandbLogger
 from tensordict import TensorDict
 
 from plmods.algos.batch_plan import BatchPlan
@@ -47,18 +46,19 @@ from plmods.algos.micro_batches import micro_batches
 from plmods.algos.ppo_lm import MaskedPPOLoss
 from plmods.envs.text import TextTask
 from plmods.errors import ConfigError, require
-from plmods.models.critic import CriticModel, ValueHead
+from plmods.models.critic import CriticModel, ValueHead, old_values
 from plmods.models.hf import HFCausalLM
 from plmods.models.lm import TinyCausalLM
 from plmods.models.reference import ReferencePolicy
+from plmods.models.saving import save_causal_lm
 from plmods.models.scorer import ResponseScorer
-from plmods.models.sharding import full_state_dict, is_sharded, shard_causal_lm
+from plmods.models.sharding import shard_causal_lm
 from plmods.rewards.combine import RewardFunctions
 from plmods.rollout.group_advantage import GroupRelativeAdvantage
 from plmods.rollout.group_rollout import GroupRollout
-from plmods.rollout.heldout import HeldoutAccuracy, before_and_after
+from plmods.rollout.heldout import HeldoutAccuracy, before_and_after, log_samples
 from plmods.rollout.kl_reward import kl_penalty_rewards
-from plmods.rollout.token_gae import TokenGAE
+from plmods.rollout.token_gae import TokenGAE, explained_variance
 from plmods.rollout.token_returns import TokenMonteCarloAdvantage
 from plmods.utils import rng_state
 
@@ -422,7 +422,7 @@ class LMModule(IterationModule):
             if self.kl_penalty == "reward":
                 batch["kl_reward"] = kl_penalty_rewards(batch["old_log_probs"], batch["ref_log_probs"], batch["response_mask"], self.kl_coef)
         if self.critic is not None:
-            batch["old_values"] = self._values(batch)
+            batch["old_values"] = old_values(self.critic, self.loss_module.actor_network, batch, self._micro_size)
         advantage = self.advantage_module(
             rewards=rewards.view(B, G), problems=round_.problems, completions=round_.completions,
             response_tokens=batch["response_tokens"].cpu(), response_mask=batch["response_mask"].cpu(), tokenizer=self.tokenizer,
@@ -446,7 +446,7 @@ class LMModule(IterationModule):
                 "accuracy": (round_.terms[self.evaluator.accuracy_reward] >= 1.0).float().mean(),
                 "completion_length": response_tokens / max(batch.shape[0], 1),
                 "groups_informative": informative.float().mean(),
-                **self._value_metrics(batch),
+                **explained_variance(batch),
             }
         )
         self._perf = {"perf/generate_s": generate_s, "perf/generated_tokens_per_s": float(response_tokens) / max(generate_s, 1e-9)}
@@ -461,31 +461,6 @@ class LMModule(IterationModule):
         length = torch.tensor(float(batch["input_ids"].shape[-1]))
         length = self.max_over_ranks(length)
         return max(1, int(self.micro_batch_tokens // max(int(length), 1)))
-
-    @torch.no_grad()
-    def _values(self, batch: TensorDict) -> torch.Tensor:
-        """The critic's V(s_t) ``[N, T]`` at sampling time (V_old), micro-batched."""
-        out = []
-        for micro in micro_batches(batch, self._micro_size, group=False):  # rows stay in order
-            hidden = None
-            if self.critic.shares_trunk:
-                hidden = self.loss_module.actor_network.hidden(
-                    micro["input_ids"], micro["attention_mask"], micro["response_tokens"], micro["response_mask"], micro.get("prompt_group", None)
-                )
-            values = self.critic.values(micro, policy_hidden=hidden) * micro["response_mask"]
-            out.append(torch.nn.functional.pad(values, (0, batch["response_tokens"].shape[-1] - values.shape[-1])))
-        return torch.cat(out, 0)
-
-    @staticmethod
-    def _value_metrics(batch: TensorDict) -> dict[str, torch.Tensor]:
-        """The critic's explained variance 1 - Var(R - V_old) / Var(R) over response tokens."""
-        if "value_target" not in batch.keys() or "old_values" not in batch.keys():  # noqa: SIM118
-            return {}
-        mask = batch["response_mask"]
-        returns, values = batch["value_target"][mask].float(), batch["old_values"][mask].float()
-        variance = returns.var() if returns.numel() > 1 else returns.new_zeros(())
-        explained = 1 - (returns - values).var() / variance if variance > 0 else returns.new_tensor(float("nan"))
-        return {"explained_variance": explained.cpu(), "value_mean": values.mean().cpu()}
 
     def update(self, batch: TensorDict) -> None:
         start = time.perf_counter()
@@ -598,13 +573,8 @@ class LMModule(IterationModule):
             before = {k: v for k, v in row.items() if k.startswith("val/") or k == self.x_axis}
             for logger in self.loggers:
                 logger.log_metrics(before, step=self.trainer.global_step)
-        for logger in self.loggers:
-            if isinstance(logger, WandbLogger) and self.trainer.is_global_zero:
-                logger.log_table(
-                    key="val/samples",
-                    columns=["iteration", "prompt", "completion", "answer", "reward"],
-                    data=[[self.iteration, s["prompt"], s["completion"], s["answer"], s["reward"]] for s in result["samples"]],
-                )
+        if self.trainer.is_global_zero:
+            log_samples(self.loggers, self.iteration, result["samples"])
 
     def summary(self) -> dict[str, Any]:
         """Headline numbers for ``summary.json``: held-out reward and accuracy before and after."""
@@ -631,29 +601,13 @@ class LMModule(IterationModule):
         return f"{self.iteration} iterations, {self.train_seconds:.1f} s, held-out accuracy {acc['before']} -> {acc['after']}"
 
     def save_policy(self, path: str) -> None:
-        """The trained policy and tokenizer: a transformers directory (``model.path=`` loads it),
-        or with LoRA a PEFT adapter directory (plus ``merged/`` with ``model.save_merged``); with a
-        critic, ``value_head.safetensors`` beside it (a separate critic: ``<path>/critic``).
+        """The trained policy (and critic) as directories that load again: ``save_causal_lm``.
         Every rank must call it when sharded (weights are gathered onto rank 0, which writes)."""
-        rank_zero = self._trainer is None or self.trainer.is_global_zero
-        critic = self.critic
-        if not is_sharded(self.policy):
-            if rank_zero:
-                self.model_factory.save(self.policy, path)
-                if critic is not None:
-                    critic.save(path if critic.shares_trunk else f"{path}/critic")
-            return
-        state = full_state_dict(self.policy)
-        critic_state = full_state_dict(critic) if critic is not None else None
-        if rank_zero:
-            # an unsharded twin of the policy, loaded with the gathered weights, is what is saved
-            twin = self.model_factory.build(seed=self.seed)
-            missing, _ = twin.load_state_dict(state, strict=False)  # the reference adapter's keys are dropped
-            require(not missing, f"gathered policy state lacks {missing[:3]}")
-            self.model_factory.save(twin, path)
-            if critic is not None:
-                critic.save(path if critic.shares_trunk else f"{path}/critic", state=critic_state)
-        self.trainer.strategy.barrier("save_policy")
+        trainer = self._trainer
+        save_causal_lm(
+            self.model_factory, self.policy, self.critic, path, seed=self.seed, rank_zero=trainer is None or trainer.is_global_zero,
+            barrier=None if trainer is None else partial(trainer.strategy.barrier, "save_policy"),
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ checkpoints
     def env_name(self) -> str:

@@ -168,14 +168,18 @@ class AdaptiveKL(Callback):
         """A copy of the ``(global_step, measured_kl, kl_coef)`` rows, one per adaptation."""
         return list(self._history)
 
-    @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        # plmods' modules answer kl_coef before their model exists: refused here, before any work;
-        # a module whose kl_coef needs its own setup (which runs after this one) is checked at train start
+    def check_module(self, pl_module: LightningModule) -> None:
+        """Refuse a module without a KL coefficient, before any work (``setup``; ``train.py``
+        calls it for every job of a sweep before the first starts). plmods' modules answer
+        ``kl_coef`` before their model exists; a module whose ``kl_coef`` needs its own setup
+        (which runs after this one) is checked again at train start."""
         if isinstance(pl_module, KLControlled) and pl_module.kl_coef is None:
             raise self._no_coefficient(pl_module)
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.check_module(pl_module)
 
     @staticmethod
     def _no_coefficient(pl_module: LightningModule) -> ConfigError:

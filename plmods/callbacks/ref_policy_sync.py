@@ -50,8 +50,12 @@ class RefPolicySync(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
+        if stage == "fit":
+            self.check_module(pl_module)
+
+    def check_module(self, pl_module: LightningModule) -> None:
+        """Refuse a module without a reference policy, before any work (``setup``; ``train.py``
+        calls it for every job of a sweep before the first starts)."""
         if isinstance(pl_module, HasReference):
             ok = pl_module.has_reference
         else:

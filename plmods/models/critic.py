@@ -31,7 +31,7 @@ from torch import nn
 from plmods.errors import ConfigError
 from plmods.models.scorer import ResponseScorer
 
-__all__ = ["ValueHead", "CriticModel", "SharedTrunkCritic", "SeparateCritic", "HEAD_FILE", "load_value_head"]
+__all__ = ["ValueHead", "CriticModel", "SharedTrunkCritic", "SeparateCritic", "HEAD_FILE", "load_value_head", "old_values"]
 
 HEAD_FILE = "value_head.safetensors"
 
@@ -193,3 +193,22 @@ class CriticModel:
             trunk = apply_lora(trunk, **lm.lora)
         trunk.train(False)
         return SeparateCritic(trunk, head, scorer, lora)
+
+
+@torch.no_grad()
+def old_values(critic: nn.Module, actor: ResponseScorer, batch: TensorDictBase, micro_batch_size: int) -> torch.Tensor:
+    """The critic's V(s_t) ``[N, T]`` at sampling time (V_old), ``micro_batch_size`` rows at a
+    time, zero on padding. A value head reads ``actor``'s (the policy scorer's) hidden states."""
+    # imported here: plmods.algos imports this module
+    from plmods.algos.micro_batches import micro_batches
+
+    out = []
+    for micro in micro_batches(batch, micro_batch_size, group=False):  # rows stay in order
+        hidden = None
+        if critic.shares_trunk:
+            hidden = actor.hidden(
+                micro["input_ids"], micro["attention_mask"], micro["response_tokens"], micro["response_mask"], micro.get("prompt_group", None)
+            )
+        values = critic.values(micro, policy_hidden=hidden) * micro["response_mask"]
+        out.append(nn.functional.pad(values, (0, batch["response_tokens"].shape[-1] - values.shape[-1])))
+    return torch.cat(out, 0)

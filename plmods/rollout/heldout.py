@@ -12,12 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from lightning.pytorch.loggers import Logger, WandbLogger
 
 from plmods.envs.text import TextTask
 from plmods.errors import ConfigError
 from plmods.rollout.group_rollout import GroupRollout
 
-__all__ = ["HeldoutAccuracy", "before_and_after"]
+__all__ = ["HeldoutAccuracy", "before_and_after", "log_samples"]
 
 
 class HeldoutAccuracy:
@@ -73,3 +74,14 @@ def before_and_after(history: list[dict[str, Any]], key: str) -> dict[str, float
     before = history[0] if history and history[0]["iteration"] == 0 else None
     after = history[-1] if history else None
     return {"before": None if before is None else before.get(key), "after": None if after is None else after.get(key)}
+
+
+def log_samples(loggers: list[Logger], iteration: int, samples: list[dict[str, Any]]) -> None:
+    """An evaluation's samples as the W&B table ``val/samples`` (one row per completion)."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_table(
+                key="val/samples",
+                columns=["iteration", "prompt", "completion", "answer", "reward"],
+                data=[[iteration, s["prompt"], s["completion"], s["answer"], s["reward"]] for s in samples],
+            )

@@ -20,7 +20,7 @@ from torchrl.objectives.value.functional import generalized_advantage_estimate
 from plmods.errors import require
 from plmods.rollout.kl_reward import token_rewards
 
-__all__ = ["TokenGAE", "whiten"]
+__all__ = ["TokenGAE", "whiten", "explained_variance"]
 
 
 def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -71,3 +71,16 @@ class TokenGAE:
         if self.whiten:
             advantage = whiten(advantage, mask)
         return advantage.view(B, G, -1)
+
+
+def explained_variance(batch) -> dict[str, torch.Tensor]:
+    """The critic's explained variance ``1 - Var(R - V_old) / Var(R)`` over response tokens (1:
+    perfect values; 0: no better than a constant; NaN when the returns are constant), and the
+    mean value; ``{}`` for a batch without ``value_target`` and ``old_values``."""
+    if "value_target" not in batch.keys() or "old_values" not in batch.keys():  # noqa: SIM118
+        return {}
+    mask = batch["response_mask"]
+    returns, values = batch["value_target"][mask].float(), batch["old_values"][mask].float()
+    variance = returns.var() if returns.numel() > 1 else returns.new_zeros(())
+    explained = 1 - (returns - values).var() / variance if variance > 0 else returns.new_tensor(float("nan"))
+    return {"explained_variance": explained.cpu(), "value_mean": values.mean().cpu()}

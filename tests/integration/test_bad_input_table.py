@@ -155,6 +155,10 @@ TABLE: list[tuple[list[str], list[str], str]] = [
     (PPO_LM, ["algo/critic=critic_model", "algo.critic.path=/no/such/critic"], "algo.critic.path='/no/such/critic' is not a saved transformers model"),
     (PPO_LM, ["algo.critic.path={empty_dir}"], "algo.critic.path='{empty_dir}' holds no value_head.safetensors"),
     (PPO, ["algo=reinforce", "env.workers=2"], "env.workers=2 needs fixed-size batches"),
+    # a callback whose protocol the module lacks (also the second job of a sweep: before the first runs)
+    (PPO, ["callbacks=[default,adaptive_kl]"], "callbacks.adaptive_kl adapts a KL coefficient, but this PPO has none"),
+    (GRPO, ["callbacks=[default,ref_policy_sync]"], "callbacks.ref_policy_sync needs a LightningModule with a reference policy"),
+    (GRPO, ["-m", "callbacks=[default,adaptive_kl]", "algo.loss.kl_coef=0.04,0"], "callbacks.adaptive_kl adapts a KL coefficient, but this GRPO has none"),
 ]
 
 

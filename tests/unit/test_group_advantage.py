@@ -109,3 +109,12 @@ def test_outcome_advantages_are_centred_and_zero_for_uniform_groups(groups):
     for b in range(len(groups)):
         order = rewards[b].argsort()
         assert (adv[b][order].diff() >= -1e-6).all()
+
+
+def test_outcome_a_group_symmetric_about_zero_is_not_uniform():
+    # rewards -1 and +1: max + min is 0, max - min is 2; only max - min == 0 means "uniform"
+    rewards = torch.tensor([[-1.0, 1.0], [0.1, 0.1]])
+    adv = GroupRelativeAdvantage(eps=EPS).outcome(rewards)
+    a = 1.0 / (math.sqrt(2.0) + EPS)  # mean 0, unbiased std sqrt(2)
+    assert torch.allclose(adv[0], torch.tensor([-a, a]), atol=1e-7, rtol=0)
+    assert adv[1].tolist() == [0.0, 0.0]  # exactly, though mean([0.1, 0.1]) - 0.1 need not be 0

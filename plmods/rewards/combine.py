@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +25,8 @@ def resolve_callable(path: str | Callable, setting: str) -> Callable:
     returned as is."""
     if callable(path):
         return path
+    hydra_log = logging.getLogger("hydra.utils")  # get_method logs the failure it raises: one line, ours
+    was_disabled, hydra_log.disabled = hydra_log.disabled, True
     try:
         return get_method(str(path))
     except ValueError as err:  # found, but not callable
@@ -35,6 +38,8 @@ def resolve_callable(path: str | Callable, setting: str) -> Callable:
             f"{setting}={path!r} is not an importable callable ({err}). Give a dotted path such as "
             "plmods.rewards.exact_match."
         ) from None
+    finally:
+        hydra_log.disabled = was_disabled
 
 
 class RewardFunctions:

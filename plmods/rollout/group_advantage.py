@@ -104,14 +104,8 @@ class ProcessAdvantage(GroupRelativeAdvantage):
         self.step_rewards = resolve_callable(step_rewards, "step_rewards")
 
     def __call__(self, *, rewards, problems, completions, response_tokens, response_mask, tokenizer, **context) -> torch.Tensor:
-        from plmods.rollout.token_offsets import steps_to_tokens, token_char_ends
+        from plmods.rollout.token_offsets import token_steps
 
         B, G = rewards.shape
-        T = response_tokens.shape[-1]
-        fields = {key: [p[key] for p in problems] for key in problems[0] if key != "prompt"}
-        steps = self.step_rewards([p["prompt"] for p in problems], list(completions), **fields)
-        token_steps = [
-            steps_to_tokens(s, token_char_ends(tokenizer, row[mask].tolist()))
-            for s, row, mask in zip(steps, response_tokens, response_mask, strict=True)
-        ]
-        return self.process([token_steps[b * G : (b + 1) * G] for b in range(B)], T)
+        steps = token_steps(self.step_rewards, problems, completions, response_tokens, response_mask, tokenizer)
+        return self.process([steps[b * G : (b + 1) * G] for b in range(B)], response_tokens.shape[-1])

@@ -12,11 +12,12 @@ prefix, which is exact for every tokenizer but costs one decode per token.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-__all__ = ["token_char_ends", "steps_to_tokens"]
+__all__ = ["token_char_ends", "steps_to_tokens", "token_steps"]
 
 
 def token_char_ends(tokenizer: PreTrainedTokenizerBase, tokens: Sequence[int]) -> list[int]:
@@ -48,3 +49,18 @@ def steps_to_tokens(steps: Sequence[tuple[int, float]], char_ends: Sequence[int]
     token ending at or after the step's last character)."""
     last = max(len(char_ends) - 1, 0)
     return [(min(bisect.bisect_left(char_ends, end), last), reward) for end, reward in steps]
+
+
+def token_steps(
+    step_rewards: Callable[..., Any], problems: Sequence[dict], completions: Sequence[str], response_tokens, response_mask,
+    tokenizer: PreTrainedTokenizerBase,
+) -> list[list[tuple[int, float]]]:
+    """Per completion, its steps as ``(token index of the step's last token, reward)``:
+    ``step_rewards(prompts, completions, **fields)`` gives ``(end_char, reward)`` per step, and
+    the token offsets map each step end to a token (``problems``: one per completion)."""
+    fields = {key: [p[key] for p in problems] for key in problems[0] if key != "prompt"}
+    steps = step_rewards([p["prompt"] for p in problems], list(completions), **fields)
+    return [
+        steps_to_tokens(s, token_char_ends(tokenizer, row[mask].tolist()))
+        for s, row, mask in zip(steps, response_tokens, response_mask, strict=True)
+    ]

@@ -1,7 +1,8 @@
 """REINFORCE on language models: Monte-Carlo returns over tokens minus a baseline (seed 001).
 
 The policy is the LM; each response token is an action. With per-token rewards r_t (the sequence
-reward R on the last token, optionally -beta * k1 on every token: ``rollout.kl_reward``)::
+reward R on the last token, optionally -beta * k1 on every token: ``rollout.kl_reward``, and with
+``step_rewards`` each step's reward on the token that completes the step)::
 
     G_t = sum_{k >= t} gamma^(k - t) r_k              returns-to-go (gamma = 1: R + the KL still ahead)
     A_t = G_t - b                                      b: one baseline per completion, from the returns G_0
@@ -55,12 +56,20 @@ class TokenMonteCarloAdvantage(nn.Module):
         gamma: discount over tokens (1: every token's return includes the sequence reward).
         baseline_decay: weight of the old value in the moving-average baseline.
         normalize_advantage: divide by the batch's advantage std (no re-centring).
+        step_rewards: per-step rewards (process supervision), a dotted path or callable
+            ``(prompts, completions, **fields) -> per completion a list of (end_char, reward)``
+            (e.g. ``plmods.rewards.countdown_steps``); each step's reward is added at the token
+            that completes it, on top of the sequence reward (give that weight 0 for steps only).
     """
 
     def __init__(
-        self, baseline: str = "leave_one_out", gamma: float = 1.0, baseline_decay: float = 0.9, normalize_advantage: bool = False
+        self, baseline: str = "leave_one_out", gamma: float = 1.0, baseline_decay: float = 0.9, normalize_advantage: bool = False,
+        step_rewards: str | Callable | None = None,
     ) -> None:
+        from plmods.rewards.combine import resolve_callable
+
         super().__init__()
+        self.step_rewards = None if step_rewards is None else resolve_callable(step_rewards, "step_rewards")
         require(baseline in LM_BASELINES, f"baseline must be one of {', '.join(LM_BASELINES)}, got {baseline!r}.")
         require(0 < gamma <= 1, f"gamma must be in (0, 1], got {gamma}.")
         require(0 <= baseline_decay < 1, f"baseline_decay must be in [0, 1), got {baseline_decay}.")
@@ -79,6 +88,10 @@ class TokenMonteCarloAdvantage(nn.Module):
         mask = batch["response_mask"].cpu()  # [N, T]
         kl = batch.get("kl_reward", None)
         r = token_rewards(rewards.reshape(-1), mask, None if kl is None else kl.cpu())  # [N, T]
+        if self.step_rewards is not None:
+            r = r + self._step_token_rewards(
+                mask, batch["response_tokens"].cpu(), context["problems"], context["completions"], context["tokenizer"]
+            )
         done = torch.zeros_like(mask)
         done[torch.arange(mask.shape[0]), (mask.long().sum(-1) - 1).clamp_min(0)] = True  # each row's last token
         returns = reward2go(r.unsqueeze(-1), done.unsqueeze(-1), self.gamma, time_dim=-2).squeeze(-1) * mask  # [N, T]
@@ -97,6 +110,16 @@ class TokenMonteCarloAdvantage(nn.Module):
         if self.normalize_advantage and mask.sum() > 1:
             advantage = advantage / (advantage[mask.view(B, G, -1)].std() + 1e-8)
         return advantage
+
+    def _step_token_rewards(self, mask, response_tokens, problems, completions, tokenizer) -> torch.Tensor:
+        """``[N, T]``: each step's reward on the token that completes it (``token_offsets``)."""
+        from plmods.rollout.token_offsets import token_steps
+
+        out = torch.zeros(mask.shape)
+        for row, steps in enumerate(token_steps(self.step_rewards, problems, completions, response_tokens, mask, tokenizer)):
+            for ind, reward in steps:
+                out[row, ind] += reward
+        return out
 
     def _update_moving_baseline(self, batch_mean: torch.Tensor) -> None:
         """b <- decay * b + (1 - decay) * mean(G_0); the first batch sets b to its mean."""

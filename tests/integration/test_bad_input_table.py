@@ -155,6 +155,8 @@ TABLE: list[tuple[list[str], list[str], str]] = [
     (PPO_LM, ["algo/critic=critic_model", "algo.critic.path=/no/such/critic"], "algo.critic.path='/no/such/critic' is not a saved transformers model"),
     (PPO_LM, ["algo.critic.path={empty_dir}"], "algo.critic.path='{empty_dir}' holds no value_head.safetensors"),
     (PPO, ["algo=reinforce", "env.workers=2"], "env.workers=2 needs fixed-size batches"),
+    (GRPO, ["algo.rewards.correct=no.such.fn"], "algo.rewards.correct='no.such.fn' is not an importable callable"),
+    (REINFORCE_LM, ["algo.advantage.step_rewards=no.such.fn"], "algo.advantage.step_rewards='no.such.fn' is not an importable callable"),
     # a callback whose protocol the module lacks (also the second job of a sweep: before the first runs)
     (PPO, ["callbacks=[default,adaptive_kl]"], "callbacks.adaptive_kl adapts a KL coefficient, but this PPO has none"),
     (GRPO, ["callbacks=[default,ref_policy_sync]"], "callbacks.ref_policy_sync needs a LightningModule with a reference policy"),

@@ -172,3 +172,29 @@ def test_an_unclipped_value_loss_is_half_the_squared_error():
     loss, clipped = clipped_value_loss(torch.tensor([1.0, 0.9]), torch.tensor([0.5, 0.5]), torch.tensor([0.0, 1.0]), None)
     torch.testing.assert_close(loss, torch.tensor([0.5, 0.005]), rtol=0, atol=1e-7)
     assert not clipped.any()
+
+
+def _two_steps(prompts, completions, **fields):
+    """Step rewards by character: a step ends at each ';' (its end is the character after it)."""
+    return [[(i + 1, 0.5 if part else -0.5) for i, ch in enumerate(c) if ch == ";" for part in [c[:i].endswith("ok")]]
+            for c in completions]  # fmt: skip
+
+
+def test_step_rewards_sit_on_the_token_that_completes_each_step():
+    from plmods.models.lm import char_tokenizer
+
+    tok = char_tokenizer()
+    completions = ["ok;x;", "no;"]  # one character per token
+    rows = [tok(c, add_special_tokens=False)["input_ids"] for c in completions]
+    T = 5
+    tokens = torch.tensor([r + [tok.pad_token_id] * (T - len(r)) for r in rows])
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    batch = TensorDict(response_mask=mask, response_tokens=tokens, batch_size=[2])
+    advantage = TokenMonteCarloAdvantage("none", step_rewards=_two_steps)(
+        rewards=torch.tensor([[1.0, 0.0]]), batch=batch, problems=[{"prompt": "p", "answer": 1}] * 2,
+        completions=completions, tokenizer=tok,
+    )  # fmt: skip
+    # row 0: r = [0, 0, +0.5 (step "ok;"), 0, -0.5 (step "x;") + 1 (sequence)] -> G = [1, 1, 1, 0.5, 0.5]
+    # row 1: r = [0, 0, -0.5 (step "no;") + 0] -> G = [-0.5, -0.5, -0.5, 0, 0]
+    expected = torch.tensor([[1.0, 1.0, 1.0, 0.5, 0.5], [-0.5, -0.5, -0.5, 0.0, 0.0]])
+    torch.testing.assert_close(advantage.view(2, T), expected, rtol=0, atol=1e-7)

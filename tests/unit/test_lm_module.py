@@ -124,6 +124,18 @@ def test_process_advantages_follow_step_ends():
     assert torch.all(adv[~batch["response_mask"]] == 0)
 
 
+def test_reinforce_with_step_rewards_runs_in_the_module():
+    from plmods.rollout.token_returns import TokenMonteCarloAdvantage
+
+    module = _module(
+        env=CountdownTask(), rewards={"correct": "plmods.rewards.countdown_answer"},
+        advantage=TokenMonteCarloAdvantage("none", step_rewards="plmods.rewards.countdown_steps"), drop_uniform_groups=False,
+    )  # fmt: skip
+    batch = module.make_batch()
+    adv = batch["advantage"].squeeze(-1)  # [N, T]
+    assert adv.shape == batch["response_tokens"].shape and torch.all(adv[~batch["response_mask"]] == 0)
+
+
 def test_steps_map_characters_to_tokens():
     module = _module()
     tokens = module.tokenizer("7*3=21\n21+5=26", add_special_tokens=False)["input_ids"] + [module.tokenizer.eos_token_id]

@@ -132,6 +132,27 @@ def test_grpo_fsdp_shards_syncs_the_reference_and_resumes_exactly(run_train, tmp
     _assert_same_end(full, resumed)
 
 
+@pytest.mark.parametrize(
+    ("trainer", "critic", "lora"), [("ddp_sim", "value_head", True), ("fsdp_sim", "critic_model", False)],
+    ids=["ddp-lora-value_head", "fsdp-critic_model"],
+)
+def test_ppo_lm_critics_train_identically_on_both_ranks_and_save(run_train, tmp_path, trainer, critic, lora):
+    """PPO on an LM with its critic on 2 processes: a value head on LoRA adapters under DDP, a
+    separate critic model under FSDP2 (its trunk sharded like the policy); ranks end identical
+    (policy, critic, optimizer, beta) and the critic is saved beside the policy."""
+    run = run_train(
+        "experiment=ppo_addition", *LM_FAST, f"trainer={trainer}", f"algo/critic={critic}", CHECK,
+        f"callbacks.sft_warmup.cache_dir={tmp_path / 'sft'}", *(("model.lora.r=4",) if lora else ()),
+    )  # fmt: skip
+    assert run.summary["iterations"] == 4 and _consistency(run)["world_size"] == 2
+    policy = run.run_dir / "policy"
+    if lora:
+        assert (policy / "adapter_model.safetensors").is_file() and (policy / "value_head.safetensors").is_file()
+    else:
+        assert (policy / "model.safetensors").is_file() and (policy / "critic" / "value_head.safetensors").is_file()
+        assert (policy / "critic" / "config.json").is_file()
+
+
 def test_fsdp_trains_the_same_policy_as_ddp(run_train, tmp_path):
     """Same seeds, same per-rank prompts and samples: FSDP (sharded weights gathered for sampling,
     a sharded reference mixed shard by shard, reduce-scattered gradients) ends where DDP does, up

@@ -2,7 +2,8 @@
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# each run_train call carries its own limit (up to 2400 s); pytest-timeout's default (600 s) would cut them first
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

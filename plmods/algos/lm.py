@@ -166,7 +166,7 @@ class LMModule(IterationModule):
         minibatch_size: int | None = None,
         micro_batch_size: int | None = None,
         micro_batch_tokens: int = 4096,
-        logits_chunk_size: int = 1024,
+        logits_chunk_size: int = 256,
         total_iterations: int = 60,
         lr: float = 1e-4,
         critic_lr: float | None = None,

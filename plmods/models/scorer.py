@@ -114,7 +114,7 @@ class ResponseScorer(nn.Module):
         logits_chunk_size: response tokens whose logits exist at once (peak ``chunk x V``).
     """
 
-    def __init__(self, model: nn.Module, temperature: float = 1.0, share_prompts: bool = True, logits_chunk_size: int = 1024) -> None:
+    def __init__(self, model: nn.Module, temperature: float = 1.0, share_prompts: bool = True, logits_chunk_size: int = 256) -> None:
         super().__init__()
         if logits_chunk_size < 1:
             raise ValueError(f"logits_chunk_size must be >= 1, got {logits_chunk_size}.")

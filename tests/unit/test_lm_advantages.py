@@ -171,7 +171,18 @@ def test_clipped_value_loss_hand_computed_with_its_gradient():
 def test_an_unclipped_value_loss_is_half_the_squared_error():
     loss, clipped = clipped_value_loss(torch.tensor([1.0, 0.9]), torch.tensor([0.5, 0.5]), torch.tensor([0.0, 1.0]), None)
     torch.testing.assert_close(loss, torch.tensor([0.5, 0.005]), rtol=0, atol=1e-7)
-    assert not clipped.any()
+    assert clipped.dtype == torch.bool and not clipped.any()
+
+
+def test_the_value_clip_binds_below_as_above_and_not_inside():
+    values = torch.tensor([0.1, 0.6], requires_grad=True)
+    loss, clipped = clipped_value_loss(values, torch.tensor([0.5, 0.5]), torch.tensor([-0.5, 0.0]), 0.2)
+    # token 0: V - V_old = -0.4 -> clipped to -0.2: V_clip = 0.3; (0.3 + 0.5)^2 = 0.64 > (0.1 + 0.5)^2 = 0.36
+    # token 1: V - V_old = 0.1, inside the clip: both terms (0.6)^2 = 0.36
+    torch.testing.assert_close(loss.detach(), torch.tensor([0.32, 0.18]), rtol=0, atol=1e-6)
+    assert clipped.tolist() == [True, False]
+    loss.sum().backward()
+    torch.testing.assert_close(values.grad, torch.tensor([0.0, 0.6]), rtol=0, atol=1e-6)
 
 
 def _two_steps(prompts, completions, **fields):

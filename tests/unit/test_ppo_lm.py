@@ -140,3 +140,49 @@ def test_the_value_head_learns_at_critic_lr_and_everything_else_at_lr(separate):
     trunk = {id(p) for p in module.critic.parameters()} - {id(p) for p in module.critic.head.parameters()}
     assert trunk <= {id(p) for p in policy_group["params"]} and bool(trunk) == separate
     assert len(policy_group["params"]) + 2 == len([p for p in module.loss_module.parameters() if p.requires_grad])
+
+
+def test_the_documented_defaults_reach_the_loss():
+    loss = MaskedPPOLoss(TableScorer(torch.zeros(2, 3, 2)), FixedCritic(torch.zeros(2, 3)))
+    assert loss.critic_coeff == 0.1 and loss.entropy_coeff == 0.0
+    with pytest.raises(ConfigError, match=r"^clip_value must be > 0 or null, got -1"):
+        MaskedPPOLoss(TableScorer(torch.zeros(2, 3, 2)), FixedCritic(torch.zeros(2, 3)), clip_value=-1)
+    assert MaskedPPOLoss(TableScorer(torch.zeros(2, 3, 2)), FixedCritic(torch.zeros(2, 3)), clip_value=None).clip_value is None
+
+
+def test_a_minibatch_without_response_tokens_has_a_zero_clip_fraction():
+    batch = _batch()
+    batch["response_mask"] = torch.zeros(2, 3, dtype=torch.bool)
+    out = MaskedPPOLoss(TableScorer(torch.zeros(2, 3, 2)), FixedCritic(torch.zeros(2, 3)))(batch)
+    assert float(out.value_clip_fraction) == 0.0 and out.value_clip_fraction.shape == ()
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_the_loss_reads_the_critics_values_of_this_batch(separate):
+    """Through a real module: the loss's value term is critic_coeff times the token mean of the
+    clipped value loss of the critic's own V(s_t) for the batch (the value head on the policy's
+    hidden states of this forward; a separate critic's trunk on this batch)."""
+    from rewards_for_tests import length_reward
+
+    from plmods.algos.lm import LMModule
+    from plmods.algos.ppo_lm import clipped_value_loss
+    from plmods.envs.text import AdditionTask
+    from plmods.models.critic import old_values
+    from plmods.models.lm import TinyCausalLM
+
+    module = LMModule.ppo(
+        AdditionTask(), TinyCausalLM(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
+        critic=CriticModel() if separate else None, rewards={"length": length_reward}, prompts_per_batch=2, group_size=3,
+        eval_problems=4, eval_batch_size=4, critic_coeff=0.5, clip_value=None,
+    )  # fmt: skip
+    module.configure_model()
+    with torch.no_grad():
+        for p in module.critic.head.parameters():
+            p.uniform_(-0.5, 0.5)
+    batch = module.make_batch()
+    loss = module.loss_module
+    out = loss(batch)
+    values = old_values(module.critic, loss.actor_network, batch, batch.shape[0])  # the same V, computed apart
+    mask = batch["response_mask"]
+    per_token, _ = clipped_value_loss(values, batch["old_values"], batch["value_target"], None)
+    assert float(out.loss_critic) == pytest.approx(0.5 * float(per_token[mask].mean()), rel=1e-5)

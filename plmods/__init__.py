@@ -5,4 +5,4 @@ Import the pieces from their packages: ``plmods.algos`` (LightningModules), ``pl
 ``plmods.loggers`` (W&B that never blocks) and ``plmods.run.train`` (the Hydra entry point).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -209,3 +209,20 @@ def test_step_rewards_sit_on_the_token_that_completes_each_step():
     # row 1: r = [0, 0, -0.5 (step "no;") + 0] -> G = [-0.5, -0.5, -0.5, 0, 0]
     expected = torch.tensor([[1.0, 1.0, 1.0, 0.5, 0.5], [-0.5, -0.5, -0.5, 0.0, 0.0]])
     torch.testing.assert_close(advantage.view(2, T), expected, rtol=0, atol=1e-7)
+
+
+def test_explained_variance_over_response_tokens_hand_computed():
+    from plmods.rollout.token_gae import explained_variance
+
+    mask = torch.tensor([[True, True], [True, False]])
+    batch = TensorDict(
+        response_mask=mask, value_target=torch.tensor([[1.0, 2.0], [3.0, 50.0]]),
+        old_values=torch.tensor([[0.5, 2.0], [2.5, -9.0]]), batch_size=[2],
+    )  # fmt: skip
+    out = explained_variance(batch)
+    # R = [1, 2, 3]: unbiased Var 1; R - V = [0.5, 0, 0.5]: Var ((1/6)^2 + (1/3)^2 + (1/6)^2) / 2 = 1/12
+    assert float(out["explained_variance"]) == pytest.approx(1 - 1 / 12, abs=1e-6)
+    assert float(out["value_mean"]) == pytest.approx(5 / 3, abs=1e-6)
+    batch["value_target"] = torch.full((2, 2), 4.0)  # constant returns: undefined
+    assert math.isnan(float(explained_variance(batch)["explained_variance"]))
+    assert explained_variance(TensorDict(response_mask=mask, batch_size=[2])) == {}
